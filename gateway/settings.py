@@ -1,0 +1,167 @@
+"""Sluice settings, read from the environment.
+
+With nothing set, Sluice runs the embedded default (SQLite, in-process stream
+log and channel layer). ``DATABASE_URL`` and ``REDIS_URL`` switch to
+PostgreSQL and Redis. Outside dev mode (``SLUICE_DEV=1``) the secrets must be
+given: nothing falls back to a known key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from gateway.devsecrets import load_dev_secrets
+from gateway.env import envbool, envfloat, envint, envlist, envsecret, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("SLUICE_VAR_DIR", str(BASE_DIR / "var")))
+
+DEV_MODE = envbool("SLUICE_DEV", False)
+_dev = load_dev_secrets(VAR_DIR) if DEV_MODE else {}
+
+SECRET_KEY = envsecret("SECRET_KEY", dev_default=_dev.get("SECRET_KEY"))
+# Fernet keys, comma separated: the first encrypts, all decrypt (key rotation).
+SLUICE_ENCRYPTION_KEYS = envlist(
+    "SLUICE_ENCRYPTION_KEY",
+    envsecret("SLUICE_ENCRYPTION_KEY", dev_default=_dev.get("SLUICE_ENCRYPTION_KEY")),
+)
+DEBUG = envbool("DEBUG", False)
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "*" if DEV_MODE else "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "oauth2_provider",
+    "accounts",
+    "audit",
+    "streaming",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "gateway.urls"
+ASGI_APPLICATION = "gateway.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = envstr("DATABASE_URL", f"sqlite:///{VAR_DIR / 'sluice.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the audit writer and request handlers work side by side.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = envstr("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "sluice:chan:"},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "templates" / "static"]
+
+OAUTH2_PROVIDER = {
+    "SCOPES": {"chat": "Stream chat completions", "admin": "Manage the gateway"},
+    "DEFAULT_SCOPES": ["chat"],
+    "ACCESS_TOKEN_EXPIRE_SECONDS": envint("SLUICE_TOKEN_EXPIRE_SECONDS", 3600, minimum=60),
+    "PKCE_REQUIRED": True,
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "oauth2_provider.contrib.rest_framework.OAuth2Authentication",
+    ],
+}
+
+LOGIN_URL = "/admin/login/"
+
+# --- Sluice -----------------------------------------------------------------
+SLUICE = {
+    # Requests
+    "MAX_REQUEST_BYTES": envint("SLUICE_MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024),
+    "TOKEN_CACHE_SECONDS": envfloat("SLUICE_TOKEN_CACHE_SECONDS", 30.0, minimum=0),
+    "CONFIG_CACHE_SECONDS": envfloat("SLUICE_CONFIG_CACHE_SECONDS", 5.0, minimum=0),
+    "TICKET_SECONDS": envint("SLUICE_TICKET_SECONDS", 120, minimum=5),
+    # Streams
+    "STREAM_ABANDON_SECONDS": envfloat("SLUICE_STREAM_ABANDON_SECONDS", 60.0, minimum=0.1),
+    "STREAM_TTL_SECONDS": envint("SLUICE_STREAM_TTL_SECONDS", 600, minimum=1),
+    "STREAM_MAX_EVENTS": envint("SLUICE_STREAM_MAX_EVENTS", 100_000, minimum=10),
+    "STREAM_MAX_BYTES": envint("SLUICE_STREAM_MAX_BYTES", 32 * 1024 * 1024, minimum=1024),
+    "SSE_KEEPALIVE_SECONDS": envfloat("SLUICE_SSE_KEEPALIVE_SECONDS", 15.0, minimum=0.05),
+    "SSE_RETRY_MS": envint("SLUICE_SSE_RETRY_MS", 1000, minimum=0),
+    "READER_BUFFER_BYTES": envint("SLUICE_READER_BUFFER_BYTES", 256 * 1024, minimum=1024),
+    "READER_STALL_SECONDS": envfloat("SLUICE_READER_STALL_SECONDS", 30.0, minimum=0.1),
+    "REDIS_BATCH_SECONDS": envfloat("SLUICE_REDIS_BATCH_SECONDS", 0.02, minimum=0),
+    # Upstreams
+    "UPSTREAM_CONNECT_TIMEOUT": envfloat("SLUICE_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.01),
+    "UPSTREAM_READ_TIMEOUT": envfloat("SLUICE_UPSTREAM_READ_TIMEOUT", 300.0, minimum=0.01),
+    "UPSTREAM_MAX_CONNECTIONS": envint("SLUICE_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1),
+    "DEMO_TOKEN_DELAY": envfloat("SLUICE_DEMO_TOKEN_DELAY", 0.03, minimum=0),
+    # Metrics
+    "METRICS_TOKEN": envstr("SLUICE_METRICS_TOKEN"),
+    "METRICS_ALLOWED_NETWORKS": envlist("SLUICE_METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"),
+    # TLS for the production server
+    "TLS_CERT_FILE": envstr("SLUICE_TLS_CERT_FILE"),
+    "TLS_KEY_FILE": envstr("SLUICE_TLS_KEY_FILE"),
+    "LOG_CONTENT": envbool("SLUICE_LOG_CONTENT", False),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}
