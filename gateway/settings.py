@@ -9,6 +9,7 @@ given: nothing falls back to a known key.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -116,7 +117,10 @@ OAUTH2_PROVIDER = {
     "DEFAULT_SCOPES": ["chat"],
     "ACCESS_TOKEN_EXPIRE_SECONDS": envint("SLUICE_TOKEN_EXPIRE_SECONDS", 3600, minimum=60),
     "PKCE_REQUIRED": True,
+    # Grants only the scopes an app's policy allows; refuses disabled apps.
+    "OAUTH2_VALIDATOR_CLASS": "accounts.oauth_validator.SluiceOAuth2Validator",
 }
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -127,7 +131,7 @@ REST_FRAMEWORK = {
 LOGIN_URL = "/admin/login/"
 
 # --- Sluice -----------------------------------------------------------------
-SLUICE = {
+SLUICE: dict[str, Any] = {
     # Requests
     "MAX_REQUEST_BYTES": envint("SLUICE_MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024),
     "TOKEN_CACHE_SECONDS": envfloat("SLUICE_TOKEN_CACHE_SECONDS", 30.0, minimum=0),
@@ -155,6 +159,7 @@ SLUICE = {
     "TLS_CERT_FILE": envstr("SLUICE_TLS_CERT_FILE"),
     "TLS_KEY_FILE": envstr("SLUICE_TLS_KEY_FILE"),
     "LOG_CONTENT": envbool("SLUICE_LOG_CONTENT", False),
+    "AUDIT_QUEUE_SIZE": envint("SLUICE_AUDIT_QUEUE_SIZE", 10_000, minimum=1),
 }
 
 LOGGING = {

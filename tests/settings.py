@@ -11,11 +11,9 @@ os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-01234567
 os.environ.setdefault("SLUICE_ENCRYPTION_KEY", "dGVzdC1lbmNyeXB0aW9uLWtleS0zMi1ieXRlcy0hISE=")
 os.environ.setdefault("SLUICE_VAR_DIR", tempfile.mkdtemp(prefix="sluice-test-"))
 
-from gateway.settings import *  # noqa: E402,F403
-from gateway.settings import DATABASES, VAR_DIR  # noqa: E402
+from gateway.settings import *  # noqa: F403
+from gateway.settings import DATABASES, VAR_DIR
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so gateway server processes see the same test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
-
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -10,11 +10,13 @@ the router can decide whether to retry or fall back.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httpx
+import orjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,5 +108,86 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def stream(
         self, client: httpx.AsyncClient, target: UpstreamTarget, request: ChatRequest
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield chunk bodies; raise UpstreamError on failure."""
+
+
+# Shared HTTP plumbing: every HTTP adapter posts a JSON body, expects a 200
+# event stream, and maps failures to the same error classes.
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds form)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            continue  # an HTTP date: rare for APIs, and the router has its own backoff
+        if seconds >= 0:
+            return seconds
+    return None
+
+
+def error_for_status(status: int, headers: httpx.Headers, body: Any) -> UpstreamError:
+    """The UpstreamError for a non-200 upstream response."""
+    message = f"upstream returned HTTP {status}"
+    if status == 429:
+        return UpstreamError(
+            message,
+            error_class="rate_limited",
+            status=status,
+            retry_after=parse_retry_after(headers),
+            body=body,
+        )
+    if status >= 500:
+        return UpstreamError(message, error_class="server_error", status=status, body=body)
+    return UpstreamError(message, error_class="client_error", status=status, body=body)
+
+
+def error_for_transport(exc: httpx.HTTPError, *, responded: bool) -> UpstreamError:
+    """The UpstreamError for a transport failure, before or after the response began."""
+    if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout) or (
+        not responded
+        and isinstance(exc, httpx.TimeoutException)
+        and not isinstance(exc, httpx.ConnectTimeout)
+    ):
+        return UpstreamError("upstream timed out", error_class="timeout")
+    if responded:
+        # The httpx-aiohttp transport reports a dropped connection as various
+        # errors (even ConnectTimeout); once the body started, they all mean this.
+        return UpstreamError("upstream closed the stream early", error_class="protocol_error")
+    return UpstreamError(
+        f"could not connect to upstream ({type(exc).__name__})", error_class="connect_error"
+    )
+
+
+async def _error_body(response: httpx.Response) -> Any:
+    raw = await response.aread()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:2000].decode("utf-8", "replace")
+
+
+@asynccontextmanager
+async def post_event_stream(
+    client: httpx.AsyncClient, url: str, *, headers: dict[str, str], body: dict[str, Any]
+) -> AsyncIterator[httpx.Response]:
+    """POST ``body`` and yield the 200 response; every failure is an UpstreamError.
+
+    Leaving the block (normally, by error, or by cancellation) closes the
+    upstream response, which is what lets a client's cancel reach the upstream.
+    """
+    responded = False
+    headers = {"content-type": "application/json", "accept": "text/event-stream", **headers}
+    try:
+        async with client.stream("POST", url, content=orjson.dumps(body), headers=headers) as rsp:
+            if rsp.status_code != 200:
+                raise error_for_status(rsp.status_code, rsp.headers, await _error_body(rsp))
+            responded = True
+            yield rsp
+    except httpx.HTTPError as exc:
+        raise error_for_transport(exc, responded=responded) from exc

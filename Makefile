@@ -1,0 +1,56 @@
+# Sluice: `make run` serves the gateway, `make test` runs every check.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install run serve test check lint pytest bench browser clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+# The embedded default: SQLite, in-process stream log, the demo provider.
+run: export SLUICE_DEV ?= 1
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py sluice_demo --host $(HOST) --port $(PORT)
+	$(BIN)/python manage.py sluice_serve --host $(HOST) --port $(PORT)
+
+# Production serving (settings from the environment, no demo seeding).
+serve: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py sluice_serve --host $(HOST) --port $(PORT)
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null || \
+	  echo "warning: could not install chromium; browser tests will fail"; }
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	SLUICE_DEV=1 $(BIN)/mypy .
+
+check: lint
+	SLUICE_DEV=1 $(BIN)/python manage.py check --fail-level WARNING
+	SLUICE_DEV=1 $(BIN)/python manage.py makemigrations --check --dry-run
+
+pytest: install browser
+	$(BIN)/pytest
+
+test: check pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,74 @@
+"""Per-app policy on top of django-oauth-toolkit's Application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from oauth2_provider.scopes import get_scopes_backend
+from oauth2_provider.settings import oauth2_settings
+
+DEFAULT_SCOPES = ("chat",)
+
+
+def default_scopes() -> list[str]:
+    return list(DEFAULT_SCOPES)
+
+
+def validate_name_list(value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValidationError('Enter a JSON list of names, e.g. ["gpt-4o-mini"].')
+
+
+def validate_scope_list(value: Any) -> None:
+    validate_name_list(value)
+    unknown = set(value) - set(get_scopes_backend().get_all_scopes())
+    if unknown:
+        raise ValidationError(f"Unknown scope(s): {', '.join(sorted(unknown))}.")
+
+
+class AppPolicy(models.Model):
+    """What one OAuth2 application may do: its scopes and the models it may call.
+
+    An application without a policy row behaves as ``AppPolicy.default_for(app)``:
+    enabled, ``chat`` scope only, every model.
+    """
+
+    application = models.OneToOneField(
+        oauth2_settings.APPLICATION_MODEL, on_delete=models.CASCADE, related_name="policy"
+    )
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_name_list],
+        help_text="Public model names this app may call. An empty list allows every model.",
+    )
+    scopes = models.JSONField(
+        default=default_scopes,
+        validators=[validate_scope_list],
+        help_text="Scopes the token endpoint may grant this app.",
+    )
+    enabled = models.BooleanField(
+        default=True, help_text="A disabled app gets no tokens and its tokens stop working."
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "app policy"
+        verbose_name_plural = "app policies"
+
+    def __str__(self) -> str:
+        return f"Policy of {self.application}"
+
+    @classmethod
+    def default_for(cls, application: Any) -> AppPolicy:
+        """The unsaved policy an application without a row gets."""
+        return cls(application=application)
+
+    @classmethod
+    def of(cls, application: Any) -> AppPolicy:
+        """The application's policy, or the default one; no query if already loaded."""
+        policy = getattr(application, "policy", None)
+        return policy if policy is not None else cls.default_for(application)

@@ -1,0 +1,124 @@
+"""Writes (and the one read ops need) for OAuth2 apps and their policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from oauth2_provider.generators import generate_client_secret
+from oauth2_provider.models import (
+    get_access_token_model,
+    get_application_model,
+    get_refresh_token_model,
+)
+
+from accounts.models import AppPolicy, validate_name_list, validate_scope_list
+
+
+class AppNotFound(LookupError):
+    pass
+
+
+class AppExists(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AppSummary:
+    """An app as listed to ops: never its secret."""
+
+    name: str
+    client_id: str
+    scopes: list[str]
+    models: list[str]
+    enabled: bool
+    active_tokens: int
+
+
+def app_create(*, name: str, scopes: list[str], models: list[str] | None = None) -> tuple[Any, str]:
+    """A confidential client-credentials app plus its policy; returns (app, plaintext secret).
+
+    DOT hashes the secret on save, so this is the only moment it can be shown.
+    Names are unique among apps (ops address apps by name).
+    """
+    Application = get_application_model()
+    validate_scope_list(scopes)
+    validate_name_list(models or [])
+    with transaction.atomic():
+        if Application.objects.filter(name=name).exists():
+            raise AppExists(f"An app named {name!r} already exists.")
+        secret = generate_client_secret()
+        app = Application.objects.create(
+            name=name,
+            client_type=Application.CLIENT_CONFIDENTIAL,
+            authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
+            client_secret=secret,
+            hash_client_secret=True,
+        )
+        AppPolicy.objects.create(application=app, scopes=list(scopes), allowed_models=models or [])
+    return app, secret
+
+
+def app_ensure(
+    *, name: str, scopes: list[str], models: list[str] | None = None, reset_secret: bool = False
+) -> tuple[Any, str | None]:
+    """The app named ``name``, created if missing; returns (app, secret or None).
+
+    The secret is returned when the app is created, or when ``reset_secret``
+    gives an existing app a new one (its tokens stay valid until they expire).
+    An existing policy is left as ops edited it; a missing one is created.
+    """
+    Application = get_application_model()
+    app = Application.objects.filter(name=name).order_by("pk").first()
+    if app is None:
+        return app_create(name=name, scopes=scopes, models=models)
+    AppPolicy.objects.get_or_create(
+        application=app, defaults={"scopes": list(scopes), "allowed_models": models or []}
+    )
+    if not reset_secret:
+        return app, None
+    secret = generate_client_secret()
+    app.client_secret = secret
+    app.save(update_fields=["client_secret", "updated"])
+    return app, secret
+
+
+def app_revoke_tokens(*, name: str) -> int:
+    """Revoke every token of the app named ``name``; returns how many access tokens died."""
+    app = _app_by_name(name)
+    with transaction.atomic():
+        get_refresh_token_model().objects.filter(application=app, revoked__isnull=True).update(
+            revoked=timezone.now()
+        )
+        # delete() sends post_delete per token, which clears the token cache.
+        token_model = get_access_token_model()
+        _, per_model = token_model.objects.filter(application=app).delete()
+    return per_model.get(token_model._meta.label, 0)
+
+
+def app_list() -> list[AppSummary]:
+    """Every app with its policy and count of unexpired tokens (an ops listing: N+1 is fine)."""
+    apps = get_application_model().objects.select_related("policy").order_by("name", "pk")
+    return [_summary(app) for app in apps]
+
+
+def _summary(app: Any) -> AppSummary:
+    policy = AppPolicy.of(app)
+    tokens = get_access_token_model().objects.filter(application=app, expires__gt=timezone.now())
+    return AppSummary(
+        name=app.name,
+        client_id=app.client_id,
+        scopes=list(policy.scopes),
+        models=list(policy.allowed_models),
+        enabled=policy.enabled,
+        active_tokens=tokens.count(),
+    )
+
+
+def _app_by_name(name: str) -> Any:
+    app = get_application_model().objects.filter(name=name).order_by("pk").first()
+    if app is None:
+        raise AppNotFound(f"No app named {name!r}.")
+    return app

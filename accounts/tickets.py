@@ -1,0 +1,91 @@
+"""Short-lived, single-purpose tickets for URLs a browser opens.
+
+EventSource and browser WebSockets cannot send an Authorization header, and a
+bearer token in a URL ends up in logs and history. A ticket is what goes in
+the URL instead: signed (not encrypted) with the SECRET_KEY, bound to one
+purpose ("chat", "stream:<id>"), valid for ``SLUICE["TICKET_SECONDS"]`` and
+never past its token's expiry.
+
+A ticket may be redeemed more than once within its lifetime, on purpose:
+EventSource reconnects to the same URL on its own, and resume depends on it.
+Redeeming re-checks the underlying access token through the cached resolver,
+so revoking the token kills its tickets (on other processes within the token
+cache TTL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, cast
+
+from django.conf import settings
+from django.core import signing
+
+from accounts.identity import AppIdentity, AuthError, resolve_app, resolve_token_id
+
+SALT = "sluice.ticket"
+
+_clock = time.time
+
+
+def issue_ticket(identity: AppIdentity, *, purpose: str, ttl: int | None = None) -> str:
+    """A ticket standing in for ``identity``'s access token, for one purpose.
+
+    It expires after ``ttl`` seconds (default ``SLUICE["TICKET_SECONDS"]``) or
+    with the identity, whichever comes first.
+    """
+    expires = min(_expiry(ttl), identity.expires_at)
+    return _sign(app_id=identity.app_id, token_id=identity.token_id, purpose=purpose, exp=expires)
+
+
+def issue_staff_ticket(app_id: int, *, purpose: str, ttl: int | None = None) -> str:
+    """A ticket acting as ``app_id`` without an access token, for the admin playground.
+
+    Only staff-facing code may call this: it vouches for the caller itself.
+    The app must still exist and be enabled when the ticket is redeemed.
+    """
+    return _sign(app_id=app_id, token_id=None, purpose=purpose, exp=_expiry(ttl))
+
+
+async def redeem_ticket(ticket: str, *, purpose: str) -> AppIdentity:
+    """The identity a ticket stands for. Raises AuthError(401) if it is bad, expired
+    or for another purpose, or AuthError from re-checking its token or app."""
+    claims = _unsign(ticket)
+    if claims["exp"] <= _clock():
+        raise AuthError(401, "ticket_expired", "The ticket has expired.")
+    if claims["p"] != purpose:
+        raise AuthError(401, "invalid_ticket", "The ticket was issued for something else.")
+    if claims["t"] is None:
+        identity = await resolve_app(claims["a"])
+    else:
+        identity = await resolve_token_id(claims["t"])
+    if identity.app_id != claims["a"]:
+        raise AuthError(401, "invalid_ticket", "The ticket is not valid.")
+    return dataclasses.replace(identity, expires_at=min(identity.expires_at, claims["exp"]))
+
+
+def _expiry(ttl: int | None) -> float:
+    seconds = cast(float, settings.SLUICE["TICKET_SECONDS"]) if ttl is None else ttl
+    return _clock() + seconds
+
+
+def _sign(*, app_id: int, token_id: int | None, purpose: str, exp: float) -> str:
+    claims = {"a": app_id, "t": token_id, "p": purpose, "exp": round(exp, 3)}
+    return _signer().sign_object(claims)
+
+
+def _signer() -> signing.Signer:
+    # "." rather than ":" keeps a ticket a valid HTTP token, so it can ride in a
+    # Sec-WebSocket-Protocol header as well as in a URL.
+    return signing.Signer(salt=SALT, sep=".")
+
+
+def _unsign(ticket: str) -> dict[str, Any]:
+    try:
+        claims = _signer().unsign_object(ticket)
+    except signing.BadSignature:
+        raise AuthError(401, "invalid_ticket", "The ticket is not valid.") from None
+    if not isinstance(claims, dict) or not {"a", "t", "p", "exp"} <= claims.keys():
+        raise AuthError(401, "invalid_ticket", "The ticket is not valid.")
+    return claims

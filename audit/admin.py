@@ -1,0 +1,129 @@
+"""The auditor's view: every request's transcript and fallback chain, read-only for all."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Model
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from audit.models import AuditRecord, UpstreamAttempt
+
+
+class ReadOnlyAdminMixin:
+    """Nobody adds, edits or deletes audit data, superusers included; viewing needs view."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+class UpstreamAttemptInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = UpstreamAttempt
+    ordering = ("index",)
+    extra = 0
+    fields = (
+        "index",
+        "provider",
+        "upstream_model",
+        "outcome",
+        "status_code",
+        "tokens",
+        "continuation",
+        "started_at",
+        "first_token_at",
+        "ended_at",
+        "error_class",
+        "error_message",
+    )
+    readonly_fields = fields
+
+
+def _text(content: Any) -> str:
+    # OpenAI content is a string or a list of parts; show the text parts as text.
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        texts = [p.get("text") for p in content]
+        if all(isinstance(t, str) for t in texts):
+            return "\n".join(t for t in texts if t is not None)
+    return json.dumps(content, indent=2, ensure_ascii=False)
+
+
+def _turn(role: str, text: str) -> SafeString:
+    return format_html(
+        '<div class="audit-turn"><strong>{}</strong>'
+        '<pre style="white-space: pre-wrap; margin: 0 0 1em">{}</pre></div>',
+        role,
+        text,
+    )
+
+
+def _message(message: Any) -> SafeString:
+    if not isinstance(message, dict):
+        return _turn("?", _text(message))
+    text = _text(message.get("content") or "")
+    if message.get("tool_calls"):
+        text = (text + "\n" if text else "") + _text(message["tool_calls"])
+    return _turn(str(message.get("role", "?")), text)
+
+
+@admin.register(AuditRecord)
+class AuditRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "started_at",
+        "app_name",
+        "public_model",
+        "provider",
+        "protocol",
+        "outcome",
+        "ttft_ms",
+        "duration_ms",
+        "tokens",
+    )
+    list_filter = ("outcome", "protocol", "public_model", "provider", "app_name")
+    date_hierarchy = "started_at"
+    search_fields = ("request_id", "app_name", "response_text")
+    ordering = ("-started_at",)
+    show_full_result_count = False  # a COUNT(*) per page is slow on a large trail
+    inlines = (UpstreamAttemptInline,)
+    readonly_fields = ("transcript",)
+    fieldsets = (
+        (None, {"fields": ("request_id", "outcome", "status_code", "finish_reason")}),
+        ("Client", {"fields": ("app", "app_name", "token_id", "client_ip", "protocol")}),
+        (
+            "Model",
+            {"fields": ("public_model", "provider", "upstream_model", "request_params")},
+        ),
+        ("Transcript", {"fields": ("transcript",)}),
+        (
+            "Timing and usage",
+            {"fields": ("started_at", "ended_at", "ttft_ms", "duration_ms", "usage")},
+        ),
+        (
+            "Errors and recovery",
+            {"fields": ("error_class", "error_message", "resumes", "continued")},
+        ),
+    )
+
+    @admin.display(description="tokens")
+    def tokens(self, record: AuditRecord) -> int | None:
+        return (record.usage or {}).get("total_tokens")
+
+    @admin.display(description="transcript")
+    def transcript(self, record: AuditRecord) -> SafeString:
+        """The request's messages, then the response, then any tool calls."""
+        turns = [_message(m) for m in record.request_messages or []]
+        turns.append(_turn("response", record.response_text))
+        if record.tool_calls:
+            turns.append(_turn("tool calls", _text(record.tool_calls)))
+        return format_html_join("", "{}", ((t,) for t in turns))

@@ -1,0 +1,64 @@
+"""What the streaming core hands to the audit writer: plain data, no Django.
+
+The core fills an ``AuditEntry`` while a request runs and submits it once the
+request ends, whatever the outcome. Times are epoch seconds (``time.time()``),
+so the core never builds datetimes on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class AttemptEntry:
+    """One call to one upstream target, in the order the router tried them."""
+
+    provider: str
+    upstream_model: str
+    started_at: float
+    first_token_at: float | None = None
+    ended_at: float | None = None
+    status_code: int | None = None
+    outcome: str = "ok"
+    error_class: str = ""
+    error_message: str = ""
+    tokens: int = 0
+    continuation: bool = False
+
+
+@dataclass(slots=True)
+class AuditEntry:
+    """Everything the audit keeps about one gateway request.
+
+    Submitting a second entry with the same ``request_id`` (a resumed stream
+    that ends again) replaces the stored record: an entry is a full snapshot.
+    """
+
+    request_id: str
+    protocol: str
+    public_model: str
+    started_at: float
+    app_id: int | None = None
+    app_name: str = ""
+    token_id: int | None = None
+    client_ip: str | None = None
+    provider: str = ""
+    upstream_model: str = ""
+    request_messages: list[Any] = field(default_factory=list)
+    request_params: dict[str, Any] = field(default_factory=dict)
+    response_text: str = ""
+    tool_calls: list[Any] = field(default_factory=list)
+    finish_reason: str = ""
+    usage: dict[str, Any] = field(default_factory=dict)
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    outcome: str = "completed"
+    status_code: int | None = None
+    error_class: str = ""
+    error_message: str = ""
+    resumes: int = 0
+    continued: bool = False
+    ended_at: float | None = None
+    attempts: list[AttemptEntry] = field(default_factory=list)

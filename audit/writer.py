@@ -1,0 +1,237 @@
+"""The background audit writer: requests hand entries over, a thread stores them.
+
+``submit`` never blocks and never touches the database, so a slow or locked
+database cannot stall a stream: when the bounded queue is full the entry is
+dropped, counted and its request_id logged. A daemon thread drains the queue
+in batches and writes each batch in one transaction, retrying with backoff;
+a batch that keeps failing is retried entry by entry so one bad entry cannot
+take the others with it. Nothing is lost without a log line naming it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import close_old_connections, connections
+
+from audit.records import AuditEntry
+
+logger = logging.getLogger(__name__)
+
+WriteBatch = Callable[[Sequence[AuditEntry]], object]
+
+
+def _write_to_database(entries: Sequence[AuditEntry]) -> object:
+    # Imported here so streaming can import this module before apps are ready.
+    from audit.services import audit_records_write
+
+    return audit_records_write(entries=entries)
+
+
+@dataclass(slots=True)
+class _Control:
+    """A marker in the queue: everything before it has been handled once ``done`` is set."""
+
+    stop: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class AuditWriter:
+    """A bounded queue of audit entries and the daemon thread that writes them.
+
+    The thread starts on the first ``submit`` (again in a forked child).
+    """
+
+    def __init__(
+        self,
+        *,
+        maxsize: int = 10_000,
+        batch_size: int = 200,
+        batch_seconds: float = 0.05,
+        retries: int = 2,
+        backoff_seconds: float = 0.2,
+        write: WriteBatch = _write_to_database,
+    ) -> None:
+        self._queue: queue.Queue[AuditEntry | _Control] = queue.Queue(maxsize)
+        self._maxsize = maxsize
+        self._batch_size = batch_size
+        self._batch_seconds = batch_seconds
+        self._retries = retries
+        self._backoff_seconds = backoff_seconds
+        self._write = write
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def submit(self, entry: AuditEntry) -> bool:
+        """Queue an entry for writing; False (and the entry dropped) if the queue is full."""
+        if self._pid != os.getpid():
+            self._start()
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+            logger.warning("audit queue full: dropped record %s", entry.request_id)
+            return False
+        return True
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every entry submitted so far is written (or given up); False on timeout."""
+        return self._send(_Control(), timeout)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Write what is queued, then end the thread; a later submit starts it again."""
+        stopped = self._send(_Control(stop=True), timeout)
+        if stopped and self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            if stopped:
+                self._pid = None
+                self._thread = None
+        return stopped
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "queue_depth": self._queue.qsize(),
+            "written": self.written,
+            "failed": self.failed,
+            "dropped": self.dropped,
+        }
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            if self._pid is not None:
+                # Forked: the parent's queue and thread are not ours.
+                self._queue = queue.Queue(self._maxsize)
+            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._thread.start()
+            self._pid = os.getpid()
+
+    def _send(self, control: _Control, timeout: float) -> bool:
+        if self._pid != os.getpid():
+            return True  # never started here: nothing submitted
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(control, timeout=timeout)
+        except queue.Full:
+            return False
+        return control.done.wait(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch, control = self._collect()
+                if batch:
+                    self._write_batch(batch)
+                if control is not None:
+                    control.done.set()
+                    if control.stop:
+                        return
+        finally:
+            connections.close_all()
+
+    def _collect(self) -> tuple[list[AuditEntry], _Control | None]:
+        item = self._queue.get()
+        batch: list[AuditEntry] = []
+        deadline = time.monotonic() + self._batch_seconds
+        while not isinstance(item, _Control):
+            batch.append(item)
+            remaining = deadline - time.monotonic()
+            if len(batch) >= self._batch_size or remaining <= 0:
+                return batch, None
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return batch, None
+        return batch, item
+
+    def _write_batch(self, batch: list[AuditEntry]) -> None:
+        if self._write_with_retries(batch):
+            self.written += len(batch)
+            return
+        if len(batch) == 1:
+            self._give_up(batch[0])
+            return
+        for entry in batch:
+            if self._try_write([entry]):
+                self.written += 1
+            else:
+                self._give_up(entry)
+
+    def _write_with_retries(self, batch: list[AuditEntry]) -> bool:
+        for attempt in range(self._retries + 1):
+            if attempt:
+                time.sleep(self._backoff_seconds * 2 ** (attempt - 1))
+            if self._try_write(batch):
+                return True
+        return False
+
+    def _try_write(self, entries: Sequence[AuditEntry]) -> bool:
+        close_old_connections()
+        try:
+            self._write(entries)
+        except Exception as exc:
+            # The class only: database errors can quote the row, i.e. content.
+            logger.warning(
+                "audit write of %d record(s) failed: %s", len(entries), type(exc).__name__
+            )
+            connections.close_all()
+            return False
+        close_old_connections()
+        return True
+
+    def _give_up(self, entry: AuditEntry) -> None:
+        self.failed += 1
+        logger.error("audit record %s lost: could not be written", entry.request_id)
+
+
+_writer: AuditWriter | None = None
+_writer_lock = threading.Lock()
+
+
+def _default_writer() -> AuditWriter:
+    global _writer
+    if _writer is None:
+        with _writer_lock:
+            if _writer is None:
+                from django.conf import settings
+
+                conf: dict[str, Any] = settings.SLUICE
+                _writer = AuditWriter(maxsize=conf.get("AUDIT_QUEUE_SIZE", 10_000))
+                atexit.register(_writer.stop)
+    return _writer
+
+
+def audit_submit(entry: AuditEntry) -> bool:
+    """Hand one finished request's entry to the background writer; never blocks."""
+    return _default_writer().submit(entry)
+
+
+def audit_flush(timeout: float = 5.0) -> bool:
+    """Block until every entry submitted so far is written; for tests and shutdown."""
+    return _writer.flush(timeout) if _writer is not None else True
+
+
+def audit_writer_stats() -> dict[str, int]:
+    if _writer is None:
+        return {"queue_depth": 0, "written": 0, "failed": 0, "dropped": 0}
+    return _writer.stats()
+
+
+def audit_writer_stop(timeout: float = 5.0) -> bool:
+    """Write what is queued and end the thread (process shutdown)."""
+    return _writer.stop(timeout) if _writer is not None else True

@@ -1,0 +1,315 @@
+"""The streaming API: /v1/chat/completions, /v1/models, /v1/streams, /v1/tickets.
+
+Handlers parse, check and hand off to a StreamSession; transports only
+encode what the session's log holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from django.conf import settings
+
+from accounts.identity import AppIdentity, AuthError, authenticate
+from accounts.tickets import issue_ticket
+from streaming import wire
+from streaming.asgi_http import ApiRequest, JsonResponse, Receive, StreamResponse, endpoint
+from streaming.errors import ApiError
+from streaming.log import ERROR, CursorTrimmed, Entry
+from streaming.providers import ChatRequest
+from streaming.reader import follow
+from streaming.routes import ResolvedRoute, resolve_route, route_names
+from streaming.schema import parse_chat_request, parse_json_body
+from streaming.session import StreamSession, get_session
+
+SSE = b"text/event-stream; charset=utf-8"
+NDJSON = b"application/x-ndjson"
+TEXT = b"text/plain; charset=utf-8"
+
+
+# -- checks ---------------------------------------------------------------
+async def _identity(request: ApiRequest, *, purpose: str | None = None) -> AppIdentity:
+    try:
+        return await authenticate(
+            request.headers.get("authorization"),
+            ticket=request.query.get("ticket"),
+            scope="chat",
+            purpose=purpose,
+        )
+    except AuthError as error:
+        headers = {"WWW-Authenticate": 'Bearer realm="sluice"'} if error.status == 401 else {}
+        raise ApiError(error.status, error.message, code=error.code, headers=headers) from None
+
+
+async def _route_for(identity: AppIdentity, model: str) -> ResolvedRoute:
+    if not identity.may_use(model):
+        raise ApiError(403, f"this app may not use the model '{model}'", code="model_not_allowed")
+    route = await resolve_route(model)
+    if route is None:
+        raise ApiError(
+            404, f"the model '{model}' does not exist", code="model_not_found", param="model"
+        )
+    return route
+
+
+def _owned_session(identity: AppIdentity, stream_id: str) -> StreamSession:
+    session = get_session(stream_id)
+    if session is None:
+        raise ApiError(
+            404, f"no stream '{stream_id}' (unknown or expired)", code="stream_not_found"
+        )
+    if session.identity.app_id != identity.app_id:
+        raise ApiError(403, "this stream belongs to another app", code="stream_forbidden")
+    return session
+
+
+async def _start(
+    request: ApiRequest, identity: AppIdentity, chat: ChatRequest, protocol: str
+) -> StreamSession:
+    route = await _route_for(identity, chat.model)
+    session = StreamSession(
+        identity=identity, request=chat, route=route, protocol=protocol, client_ip=request.client_ip
+    )
+    session.start()
+    return session
+
+
+# -- streaming bodies -----------------------------------------------------
+Encoder = Callable[[Sequence[Entry]], bytes]
+
+
+async def _body(
+    session: StreamSession,
+    cursor: int,
+    encode: Encoder,
+    *,
+    preamble: bytes = b"",
+    keepalive: bytes | None = None,
+    resumed: bool = False,
+) -> AsyncIterator[bytes]:
+    conf = settings.SLUICE
+    session.attach(resumed=resumed)
+    try:
+        async for batch in follow(
+            session.log,
+            cursor,
+            max_batch_bytes=conf["READER_BUFFER_BYTES"],
+            keepalive=conf["SSE_KEEPALIVE_SECONDS"] if keepalive else None,
+        ):
+            if batch is None:
+                yield keepalive or b""
+                continue
+            # The preamble (SSE ``retry:``) rides on the first event: a block
+            # with no data of its own trips up some clients (the OpenAI SDK).
+            yield preamble + encode(batch)
+            preamble = b""
+    finally:
+        session.detach()
+
+
+def _stream_response(
+    session: StreamSession, request: ApiRequest, cursor: int, *, resumed: bool
+) -> StreamResponse:
+    headers = {"X-Sluice-Stream-Id": session.id}
+    if request.accepts("application/x-ndjson"):
+        body = _body(session, cursor, wire.ndjson_batch, resumed=resumed)
+        return StreamResponse(body, NDJSON, headers=headers)
+    if request.accepts("text/plain") and not request.accepts("text/event-stream"):
+        return StreamResponse(
+            _body(session, cursor, wire.text_batch, resumed=resumed), TEXT, headers=headers
+        )
+    preamble = wire.sse_preamble(settings.SLUICE["SSE_RETRY_MS"])
+    body = _body(
+        session,
+        cursor,
+        wire.sse_batch,
+        preamble=preamble,
+        keepalive=wire.SSE_KEEPALIVE,
+        resumed=resumed,
+    )
+    return StreamResponse(body, SSE, headers=headers)
+
+
+async def _until_disconnect(receive: Receive | None) -> None:
+    if receive is None:
+        await asyncio.Event().wait()
+        return
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _wait_or_cancel(
+    session: StreamSession, request: ApiRequest, ready: asyncio.Future[Any]
+) -> None:
+    """Wait for ``ready``; if the client leaves first, the session is abandoned early."""
+    watch = asyncio.ensure_future(_until_disconnect(request.receive))
+    try:
+        await asyncio.wait({ready, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+    if not ready.done():
+        ready.cancel()
+        session.cancel("client_disconnected")
+        raise asyncio.CancelledError
+
+
+def _error_response(session: StreamSession) -> JsonResponse:
+    return JsonResponse(
+        session.error_payload or {},
+        status=session.error_status or 502,
+        headers={"X-Sluice-Stream-Id": session.id},
+    )
+
+
+# -- endpoints ------------------------------------------------------------
+async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse:
+    identity = await _identity(request)
+    chat = parse_chat_request(parse_json_body(request.body))
+    if not chat.stream:
+        return await _complete(request, identity, chat)
+    protocol = "ndjson" if request.accepts("application/x-ndjson") else "sse"
+    session = await _start(request, identity, chat, protocol)
+    # Hold the headers until the first event, so a failure before any token
+    # is an HTTP error status instead of a 200 with an error inside.
+    first = asyncio.ensure_future(session.log.wait_after(0))
+    await _wait_or_cancel(session, request, first)
+    if session.log.read_after(0, 1)[0][1] == ERROR:
+        return _error_response(session)
+    return _stream_response(session, request, 0, resumed=False)
+
+
+async def _complete(request: ApiRequest, identity: AppIdentity, chat: ChatRequest) -> JsonResponse:
+    session = await _start(request, identity, chat, "json")
+    await _wait_or_cancel(session, request, asyncio.ensure_future(session.wait_finished()))
+    if session.error_status is not None:
+        return _error_response(session)
+    transcript = session.transcript
+    body: dict[str, Any] = {
+        "id": session.id,
+        "object": "chat.completion",
+        "created": session.created,
+        "model": session.route.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": transcript.message(),
+                "finish_reason": transcript.finish_reason or "stop",
+                "logprobs": None,
+            }
+        ],
+    }
+    if transcript.usage:
+        body["usage"] = transcript.usage
+    return JsonResponse(body, headers={"X-Sluice-Stream-Id": session.id})
+
+
+async def list_models(request: ApiRequest) -> JsonResponse:
+    identity = await _identity(request)
+    names = [n for n in await route_names() if identity.may_use(n)]
+    data = [{"id": n, "object": "model", "created": 0, "owned_by": "sluice"} for n in names]
+    return JsonResponse({"object": "list", "data": data})
+
+
+async def create_stream(request: ApiRequest) -> JsonResponse:
+    identity = await _identity(request)
+    chat = parse_chat_request(parse_json_body(request.body))
+    chat.stream = True
+    session = await _start(request, identity, chat, "sse")
+    ticket = issue_ticket(identity, purpose=f"stream:{session.id}")
+    return JsonResponse(
+        {
+            "id": session.id,
+            "object": "stream",
+            "events_url": f"/v1/streams/{session.id}",
+            "ticket": ticket,
+        },
+        status=201,
+        headers={"Location": f"/v1/streams/{session.id}", "X-Sluice-Stream-Id": session.id},
+    )
+
+
+def _cursor(request: ApiRequest) -> int:
+    raw = (
+        request.headers.get("last-event-id")
+        or request.query.get("last_event_id")
+        or request.query.get("after")
+        or "0"
+    )
+    try:
+        cursor = int(raw)
+    except ValueError:
+        raise ApiError(
+            400, f"the cursor '{raw}' is not an event id", code="invalid_cursor"
+        ) from None
+    if cursor < 0:
+        raise ApiError(400, "the cursor must not be negative", code="invalid_cursor")
+    return cursor
+
+
+async def read_stream(request: ApiRequest) -> JsonResponse | StreamResponse:
+    stream_id = request.path_params["stream_id"]
+    identity = await _identity(request, purpose=f"stream:{stream_id}")
+    session = _owned_session(identity, stream_id)
+    cursor = _cursor(request)
+    try:
+        remaining = session.log.read_after(cursor, 1)
+    except CursorTrimmed:
+        raise ApiError(
+            409,
+            f"event {cursor} is not in this stream; it cannot resume from there",
+            code="cursor_out_of_range",
+        ) from None
+    if session.finished and not remaining:
+        # Everything was delivered; 204 also tells a browser's EventSource to stop reconnecting.
+        return JsonResponse(b"", status=204)
+    return _stream_response(session, request, cursor, resumed=cursor > 0)
+
+
+async def cancel_stream(request: ApiRequest) -> JsonResponse:
+    stream_id = request.path_params["stream_id"]
+    identity = await _identity(request, purpose=f"stream:{stream_id}")
+    session = _owned_session(identity, stream_id)
+    was_running = not session.finished
+    session.cancel("cancelled")
+    return JsonResponse({"id": session.id, "object": "stream", "cancelled": was_running})
+
+
+async def chat_stream_get(request: ApiRequest) -> JsonResponse | StreamResponse:
+    """``GET /v1/chat/stream?model=M&prompt=TEXT``: create and stream in one GET (EventSource)."""
+    identity = await _identity(request, purpose="chat")
+    model = request.query.get("model", "")
+    prompt = request.query.get("prompt", "")
+    if not model or not prompt:
+        raise ApiError(
+            400, "'model' and 'prompt' query parameters are required", code="invalid_request"
+        )
+    chat = ChatRequest(model=model, messages=[{"role": "user", "content": prompt}], stream=True)
+    session = await _start(request, identity, chat, "sse")
+    return _stream_response(session, request, 0, resumed=False)
+
+
+async def create_ticket(request: ApiRequest) -> JsonResponse:
+    identity = await _identity(request)
+    ttl = settings.SLUICE["TICKET_SECONDS"]
+    return JsonResponse(
+        {
+            "ticket": issue_ticket(identity, purpose="chat"),
+            "purpose": "chat",
+            "expires_at": int(time.time()) + ttl,
+        },
+        status=201,
+    )
+
+
+chat_completions_app = endpoint({"POST": chat_completions})
+models_app = endpoint({"GET": list_models})
+streams_app = endpoint({"POST": create_stream})
+stream_app = endpoint({"GET": read_stream, "DELETE": cancel_stream})
+chat_stream_app = endpoint({"GET": chat_stream_get})
+tickets_app = endpoint({"POST": create_ticket})

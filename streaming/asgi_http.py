@@ -1,0 +1,172 @@
+"""A thin ASGI layer for the streaming API.
+
+The hot routes skip Django's request/middleware stack: they parse what they
+need from the ASGI scope, authenticate through the cached token resolver, and
+stream. A streaming response runs its body and a disconnect watcher side by
+side, so a client that goes away stops its reader at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from django.conf import settings
+
+from streaming.errors import ApiError
+
+logger = logging.getLogger("sluice.http")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+STREAM_HEADERS = [
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+@dataclass(slots=True)
+class ApiRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    query: dict[str, str]
+    body: bytes
+    client_ip: str | None
+    path_params: dict[str, Any] = field(default_factory=dict)
+    receive: Receive | None = None
+
+    def accepts(self, media_type: str) -> bool:
+        return media_type in self.headers.get("accept", "")
+
+
+@dataclass(slots=True)
+class JsonResponse:
+    body: Any
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def send(self, send: Send, receive: Receive) -> None:
+        payload = self.body if isinstance(self.body, bytes) else orjson.dumps(self.body)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(payload)),
+        ]
+        headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+@dataclass(slots=True)
+class StreamResponse:
+    """Sends each chunk of ``body`` as soon as it is produced."""
+
+    body: AsyncIterator[bytes]
+    content_type: bytes
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def send(self, send: Send, receive: Receive) -> None:
+        headers = [(b"content-type", self.content_type), *STREAM_HEADERS]
+        headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        pump = asyncio.ensure_future(self._pump(send))
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+            for task in (pump, watch):
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await task
+
+    async def _pump(self, send: Send) -> None:
+        stall = settings.SLUICE["READER_STALL_SECONDS"]
+        body = self.body
+        try:
+            async for data in body:
+                # A reader that cannot take data for this long is cut off; it can resume.
+                async with asyncio.timeout(stall):
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body larger than {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _build_request(scope: Scope, body: bytes, receive: Receive) -> ApiRequest:
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    client = scope.get("client")
+    return ApiRequest(
+        method=scope["method"],
+        path=scope["path"],
+        headers=headers,
+        query=query,
+        body=body,
+        client_ip=client[0] if client else None,
+        path_params=scope.get("url_route", {}).get("kwargs", {}),
+        receive=receive,
+    )
+
+
+Handler = Callable[[ApiRequest], Awaitable[JsonResponse | StreamResponse]]
+
+
+def endpoint(methods: dict[str, Handler]) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """An ASGI app dispatching on method, turning ApiError into OpenAI error JSON."""
+    allowed = ", ".join(sorted(methods))
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response: JsonResponse | StreamResponse
+        try:
+            handler = methods.get(scope["method"])
+            if handler is None:
+                raise ApiError(
+                    405, f"method {scope['method']} not allowed", headers={"Allow": allowed}
+                )
+            limit = settings.SLUICE["MAX_REQUEST_BYTES"]
+            body = await _read_body(receive, limit) if scope["method"] in ("POST", "PUT") else b""
+            response = await handler(_build_request(scope, body, receive))
+        except ApiError as error:
+            response = JsonResponse(error.body(), status=error.status, headers=error.headers)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            internal = ApiError(500, "internal error", code="internal_error")
+            response = JsonResponse(internal.body(), status=500)
+        await response.send(send, receive)
+
+    return app

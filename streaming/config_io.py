@@ -1,0 +1,141 @@
+"""Configuration as code: import and export providers and routes.
+
+The file format (YAML or JSON)::
+
+    providers:
+      - {name: local-vllm, kind: openai, base_url: "http://127.0.0.1:8001/v1",
+         api_key_env: VLLM_KEY}
+    routes:
+      - model: chat-default
+        attempts_per_target: 2          # optional policy fields
+        targets:
+          - {provider: local-vllm, model: "meta-llama/Llama-3.1-8B-Instruct"}
+
+Keys are only ever referenced by environment variable name; export never
+includes a secret. Import is idempotent: it updates by name, and a route's
+targets are replaced by the file's list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from streaming.models import ModelRoute, Provider, RouteTarget
+
+PROVIDER_FIELDS = ("kind", "base_url", "api_key_env", "enabled")
+POLICY_FIELDS = (
+    "description",
+    "enabled",
+    "attempts_per_target",
+    "backoff_seconds",
+    "first_token_timeout",
+    "stall_timeout",
+    "allow_midstream_fallback",
+)
+
+
+class ConfigError(ValueError):
+    """The configuration file is not valid; the message says where."""
+
+
+def _require(item: dict[str, Any], key: str, where: str) -> Any:
+    if not isinstance(item, dict) or key not in item:
+        raise ConfigError(f"{where}: missing '{key}'")
+    return item[key]
+
+
+def _import_provider(item: dict[str, Any], where: str) -> str:
+    name = _require(item, "name", where)
+    if "api_key" in item:
+        raise ConfigError(f"{where}: give keys as api_key_env (an environment variable name)")
+    unknown = set(item) - {"name", *PROVIDER_FIELDS}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+    provider, created = Provider.objects.get_or_create(
+        name=name, defaults={"kind": _require(item, "kind", where)}
+    )
+    for field in PROVIDER_FIELDS:
+        if field in item:
+            setattr(provider, field, item[field])
+    try:
+        provider.full_clean()
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {exc.message_dict}") from None
+    provider.save()
+    return "created" if created else "updated"
+
+
+def _import_route(item: dict[str, Any], where: str) -> str:
+    model = _require(item, "model", where)
+    targets = _require(item, "targets", where)
+    unknown = set(item) - {"model", "targets", *POLICY_FIELDS}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+    route, created = ModelRoute.objects.get_or_create(model=model)
+    for field in POLICY_FIELDS:
+        if field in item:
+            setattr(route, field, item[field])
+    try:
+        route.full_clean()
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {exc.message_dict}") from None
+    route.save()
+    route.targets.all().delete()
+    for position, target in enumerate(targets):
+        twhere = f"{where}.targets[{position}]"
+        provider_name = _require(target, "provider", twhere)
+        provider = Provider.objects.filter(name=provider_name).first()
+        if provider is None:
+            raise ConfigError(f"{twhere}: unknown provider '{provider_name}'")
+        RouteTarget.objects.create(
+            route=route,
+            provider=provider,
+            upstream_model=_require(target, "model", twhere),
+            priority=target.get("priority", position),
+            weight=target.get("weight", 1),
+            params=target.get("params", {}),
+        )
+    return "created" if created else "updated"
+
+
+@transaction.atomic
+def config_import(data: Any) -> dict[str, int]:
+    """Apply a configuration document; all or nothing."""
+    if not isinstance(data, dict):
+        raise ConfigError("the document must be a mapping with 'providers' and/or 'routes'")
+    counts = {"created": 0, "updated": 0}
+    for i, item in enumerate(data.get("providers") or []):
+        counts[_import_provider(item, f"providers[{i}]")] += 1
+    for i, item in enumerate(data.get("routes") or []):
+        counts[_import_route(item, f"routes[{i}]")] += 1
+    return counts
+
+
+def config_export() -> dict[str, Any]:
+    """The configuration as a document ``config_import`` accepts. No secrets."""
+    providers = [
+        {"name": p.name, **{f: getattr(p, f) for f in PROVIDER_FIELDS}}
+        for p in Provider.objects.order_by("name")
+    ]
+    routes = []
+    for route in ModelRoute.objects.prefetch_related("targets__provider").order_by("model"):
+        routes.append(
+            {
+                "model": route.model,
+                **{f: getattr(route, f) for f in POLICY_FIELDS},
+                "targets": [
+                    {
+                        "provider": t.provider.name,
+                        "model": t.upstream_model,
+                        "priority": t.priority,
+                        "weight": t.weight,
+                        "params": t.params,
+                    }
+                    for t in route.targets.all()
+                ],
+            }
+        )
+    return {"providers": providers, "routes": routes}

@@ -1,0 +1,180 @@
+"""The WebSocket transport: several streams on one socket, JSON messages.
+
+Client -> server: ``chat.create`` (a chat request plus ``request_id``),
+``stream.resume`` (``stream_id``, ``after``), ``stream.cancel``, ``ping``.
+Server -> client: ``stream.created``, ``chunk``, ``stream.done``, ``error``,
+``pong``. Closing the socket stops the readers, not the streams: they can be
+resumed on a new socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from accounts.identity import AppIdentity, AuthError, authenticate
+from streaming import wire
+from streaming.errors import ApiError
+from streaming.log import CursorTrimmed
+from streaming.reader import follow
+from streaming.routes import resolve_route
+from streaming.schema import parse_chat_request
+from streaming.session import StreamSession, get_session
+
+TICKET_SUBPROTOCOL = "sluice.ticket."
+
+
+class StreamConsumer(AsyncWebsocketConsumer):
+    """Thin: parse, check, hand off to a StreamSession, relay its log."""
+
+    identity: AppIdentity
+    readers: dict[str, asyncio.Task[None]]
+
+    async def connect(self) -> None:
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]
+        }
+        query = dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
+        subprotocol = next(
+            (p for p in self.scope.get("subprotocols", []) if p.startswith(TICKET_SUBPROTOCOL)),
+            None,
+        )
+        ticket = query.get("ticket") or (
+            subprotocol[len(TICKET_SUBPROTOCOL) :] if subprotocol else None
+        )
+        try:
+            self.identity = await authenticate(
+                headers.get("authorization"), ticket=ticket, scope="chat", purpose="chat"
+            )
+        except AuthError:
+            await self.close()  # before accept: the handshake is refused (HTTP 403)
+            return
+        self.readers = {}
+        self.client_ip = (self.scope.get("client") or [None])[0]
+        await self.accept(subprotocol=subprotocol)
+
+    async def disconnect(self, code: int) -> None:
+        for task in getattr(self, "readers", {}).values():
+            task.cancel()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        message: Any = None
+        try:
+            message = orjson.loads(text_data or bytes_data or b"")
+            if not isinstance(message, dict):
+                raise ApiError(400, "a message must be a JSON object", code="invalid_message")
+            await self._dispatch(message)
+        except orjson.JSONDecodeError:
+            await self._error(
+                ApiError(400, "a message must be valid JSON", code="invalid_json"), {}
+            )
+        except ApiError as error:
+            await self._error(error, message if isinstance(message, dict) else {})
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "chat.create":
+            await self._create(message)
+        elif kind == "stream.resume":
+            self._resume(message)
+        elif kind == "stream.cancel":
+            self._owned(message).cancel("cancelled")
+        elif kind == "ping":
+            await self.send(text_data='{"type":"pong"}')
+        else:
+            raise ApiError(400, f"unknown message type {kind!r}", code="invalid_message")
+
+    async def _create(self, message: dict[str, Any]) -> None:
+        body = {k: v for k, v in message.items() if k not in ("type", "request_id")}
+        body["stream"] = True
+        chat = parse_chat_request(body)
+        if not self.identity.may_use(chat.model):
+            raise ApiError(
+                403, f"this app may not use the model '{chat.model}'", code="model_not_allowed"
+            )
+        route = await resolve_route(chat.model)
+        if route is None:
+            raise ApiError(404, f"the model '{chat.model}' does not exist", code="model_not_found")
+        session = StreamSession(
+            identity=self.identity,
+            request=chat,
+            route=route,
+            protocol="ws",
+            client_ip=self.client_ip,
+        )
+        session.start()
+        created = {
+            "type": "stream.created",
+            "request_id": message.get("request_id"),
+            "stream_id": session.id,
+        }
+        await self.send(text_data=orjson.dumps(created).decode())
+        self._follow(session, 0, resumed=False)
+
+    def _owned(self, message: dict[str, Any]) -> StreamSession:
+        stream_id = str(message.get("stream_id", ""))
+        session = get_session(stream_id)
+        if session is None:
+            raise ApiError(
+                404, f"no stream '{stream_id}' (unknown or expired)", code="stream_not_found"
+            )
+        if session.identity.app_id != self.identity.app_id:
+            raise ApiError(403, "this stream belongs to another app", code="stream_forbidden")
+        return session
+
+    def _resume(self, message: dict[str, Any]) -> None:
+        session = self._owned(message)
+        after = message.get("after", 0)
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise ApiError(400, "'after' must be a non-negative integer", code="invalid_cursor")
+        try:
+            session.log.read_after(after, 1)
+        except CursorTrimmed:
+            raise ApiError(
+                409, f"event {after} is not in this stream", code="cursor_out_of_range"
+            ) from None
+        self._follow(session, after, resumed=True)
+
+    def _follow(self, session: StreamSession, cursor: int, *, resumed: bool) -> None:
+        previous = self.readers.pop(session.id, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.ensure_future(self._relay(session, cursor, resumed))
+        self.readers[session.id] = task
+        task.add_done_callback(
+            lambda t: (
+                self.readers.pop(session.id, None) if self.readers.get(session.id) is t else None
+            )
+        )
+
+    async def _relay(self, session: StreamSession, cursor: int, resumed: bool) -> None:
+        conf = settings.SLUICE
+        session.attach(resumed=resumed)
+        try:
+            async for batch in follow(
+                session.log, cursor, max_batch_bytes=conf["READER_BUFFER_BYTES"]
+            ):
+                for frame in wire.ws_messages(session.id, batch or ()):
+                    async with asyncio.timeout(conf["READER_STALL_SECONDS"]):
+                        await self.send(text_data=frame)
+        except (TimeoutError, OSError):
+            with contextlib.suppress(Exception):
+                await self.close(code=4008)
+        finally:
+            session.detach()
+
+    async def _error(self, error: ApiError, message: dict[str, Any]) -> None:
+        payload = {
+            "type": "error",
+            "request_id": message.get("request_id"),
+            "stream_id": message.get("stream_id"),
+            "status": error.status,
+            **error.body(),
+        }
+        await self.send(text_data=orjson.dumps(payload).decode())

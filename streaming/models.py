@@ -1,0 +1,95 @@
+"""Providers, model routes and their targets: what ops staff configure."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from streaming import crypto
+
+
+class Provider(models.Model):
+    """An upstream that speaks one wire format, with its credentials."""
+
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible (OpenAI, vLLM, Ollama, Groq, ...)"
+        ANTHROPIC = "anthropic", "Anthropic Messages"
+        DEMO = "demo", "Built-in demo"
+
+    name = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    base_url = models.URLField(blank=True, help_text="e.g. https://api.openai.com/v1")
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    api_key_env = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Name of an environment variable holding the key (used when no key is stored).",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_api_key(self, plaintext: str) -> None:
+        self.api_key_encrypted = crypto.encrypt(plaintext)
+
+    @property
+    def has_stored_key(self) -> bool:
+        return bool(self.api_key_encrypted)
+
+    def resolve_api_key(self) -> str:
+        if self.api_key_encrypted:
+            return crypto.decrypt(self.api_key_encrypted)
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+
+class ModelRoute(models.Model):
+    """A public model name and the policy for reaching its targets."""
+
+    model = models.CharField(max_length=200, unique=True, help_text="The name apps send.")
+    description = models.CharField(max_length=300, blank=True)
+    enabled = models.BooleanField(default=True)
+    attempts_per_target = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)]
+    )
+    backoff_seconds = models.FloatField(default=0.2, validators=[MinValueValidator(0)])
+    first_token_timeout = models.FloatField(
+        default=30.0, validators=[MinValueValidator(0.01)], help_text="Seconds."
+    )
+    stall_timeout = models.FloatField(
+        default=60.0, validators=[MinValueValidator(0.01)], help_text="Seconds of silence."
+    )
+    allow_midstream_fallback = models.BooleanField(
+        default=False, help_text="Continue on the next target if a text stream dies halfway."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+
+    def __str__(self) -> str:
+        return self.model
+
+
+class RouteTarget(models.Model):
+    """One provider + upstream model a route may use, in priority order."""
+
+    route = models.ForeignKey(ModelRoute, on_delete=models.CASCADE, related_name="targets")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="targets")
+    upstream_model = models.CharField(max_length=200)
+    priority = models.PositiveSmallIntegerField(default=0, help_text="Lower goes first.")
+    weight = models.PositiveSmallIntegerField(default=1)
+    params = models.JSONField(default=dict, blank=True, help_text="Parameter overrides.")
+
+    class Meta:
+        ordering = ["route", "priority", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name}:{self.upstream_model}"

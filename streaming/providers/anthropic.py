@@ -1,0 +1,318 @@
+"""Anthropic Messages API: OpenAI requests in, OpenAI chunk bodies out.
+
+The request translation and the stream translation are plain functions and a
+sans-I/O class, so both are tested without a socket; the adapter only wires
+them to the HTTP stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+import orjson
+
+from streaming.providers.base import (
+    ChatRequest,
+    ProviderAdapter,
+    UpstreamError,
+    UpstreamTarget,
+    post_event_stream,
+)
+from streaming.providers.sse import SSEDecoder
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Anthropic error types that mean "try again / elsewhere", by our labels.
+ERROR_CLASSES = {
+    "overloaded_error": "server_error",
+    "api_error": "server_error",
+    "rate_limit_error": "rate_limited",
+}
+
+Block = dict[str, Any]
+
+
+# --- Request translation -------------------------------------------------------------
+
+
+def build_body(target: UpstreamTarget, request: ChatRequest) -> dict[str, Any]:
+    """The Messages API body for an OpenAI-style request."""
+    params = {**request.params, **target.params}
+    system, messages = convert_messages(request.messages)
+    body: dict[str, Any] = {
+        "model": target.model,
+        "max_tokens": params.get("max_completion_tokens")
+        or params.get("max_tokens")
+        or DEFAULT_MAX_TOKENS,
+        "messages": messages,
+        "stream": True,
+    }
+    if system:
+        body["system"] = system
+    for name in ("temperature", "top_p", "top_k"):
+        if params.get(name) is not None:
+            body[name] = params[name]
+    stop = params.get("stop")
+    if stop:
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if params.get("tools"):
+        body["tools"] = [convert_tool(tool) for tool in params["tools"]]
+    tool_choice = convert_tool_choice(params.get("tool_choice"), params.get("parallel_tool_calls"))
+    if tool_choice is not None and body.get("tools"):
+        body["tool_choice"] = tool_choice
+    if params.get("user"):
+        body["metadata"] = {"user_id": str(params["user"])}
+    return body
+
+
+def convert_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """OpenAI messages -> (system text, Anthropic messages with same roles merged)."""
+    system: list[str] = []
+    converted: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.append(text_of(message.get("content")))
+            continue
+        if role == "tool":
+            role, blocks = "user", [tool_result_block(message)]
+        elif role == "assistant":
+            blocks = assistant_blocks(message)
+        else:
+            role, blocks = "user", content_blocks(message.get("content"))
+        if not blocks:
+            continue
+        if converted and converted[-1]["role"] == role:
+            # Anthropic requires alternating roles; OpenAI allows runs.
+            converted[-1]["content"].extend(blocks)
+        else:
+            converted.append({"role": role, "content": blocks})
+    return "\n\n".join(part for part in system if part), converted
+
+
+def text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def content_blocks(content: Any) -> list[Block]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[Block] = []
+    for part in content or []:
+        if part.get("type") == "text" and part.get("text"):
+            blocks.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "image_url":
+            blocks.append(image_block(part["image_url"]["url"]))
+    return blocks
+
+
+def image_block(url: str) -> Block:
+    if url.startswith("data:") and ";base64," in url:
+        media_type, _, data = url[len("data:") :].partition(";base64,")
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def assistant_blocks(message: dict[str, Any]) -> list[Block]:
+    blocks = content_blocks(message.get("content"))
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", {})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id", ""),
+                "name": function.get("name", ""),
+                "input": _json_object(function.get("arguments")),
+            }
+        )
+    return blocks
+
+
+def _json_object(arguments: Any) -> dict[str, Any]:
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def tool_result_block(message: dict[str, Any]) -> Block:
+    return {
+        "type": "tool_result",
+        "tool_use_id": message.get("tool_call_id", ""),
+        "content": text_of(message.get("content")),
+    }
+
+
+def convert_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    function = tool.get("function", tool)
+    converted = {
+        "name": function["name"],
+        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if function.get("description"):
+        converted["description"] = function["description"]
+    return converted
+
+
+def convert_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if choice is None and parallel is not False:
+        return None
+    if isinstance(choice, dict):
+        converted = {"type": "tool", "name": choice.get("function", {}).get("name", "")}
+    else:
+        kind = {"none": "none", "required": "any"}.get(str(choice), "auto")
+        converted = {"type": kind}
+    if parallel is False and converted["type"] != "none":
+        converted["disable_parallel_tool_use"] = True
+    return converted
+
+
+# --- Stream translation --------------------------------------------------------------
+
+
+class AnthropicStreamDecoder:
+    """Turns Messages API stream events into OpenAI chunk bodies, sans I/O.
+
+    Feed it each event's parsed ``data``; it returns the chunk bodies to yield.
+    OpenAI numbers tool calls among tool calls only, so text and thinking
+    blocks do not advance the tool-call index.
+    """
+
+    def __init__(self) -> None:
+        self.done = False
+        self._tool_index_by_block: dict[int, int] = {}
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+
+    def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        handler = getattr(self, f"_on_{data.get('type')}", None)
+        return handler(data) if handler is not None else []  # ping, unknown: ignored
+
+    def _on_message_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        self._count_usage(data.get("message", {}).get("usage") or {})
+        return [_delta({"role": "assistant", "content": ""})]
+
+    def _on_content_block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        block = data.get("content_block", {})
+        if block.get("type") == "text" and block.get("text"):
+            return [_delta({"content": block["text"]})]
+        if block.get("type") != "tool_use":
+            return []
+        index = self._tool_index_by_block[data.get("index", 0)] = len(self._tool_index_by_block)
+        call = {
+            "index": index,
+            "id": block.get("id", ""),
+            "type": "function",
+            "function": {"name": block.get("name", ""), "arguments": ""},
+        }
+        return [_delta({"tool_calls": [call]})]
+
+    def _on_content_block_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        delta = data.get("delta", {})
+        if delta.get("type") == "text_delta" and delta.get("text"):
+            return [_delta({"content": delta["text"]})]
+        if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+            index = self._tool_index_by_block.get(data.get("index", 0))
+            if index is None:
+                raise UpstreamError("tool input for an unknown block", error_class="protocol_error")
+            call = {"index": index, "function": {"arguments": delta["partial_json"]}}
+            return [_delta({"tool_calls": [call]})]
+        return []  # thinking and signature deltas have no OpenAI equivalent
+
+    def _on_message_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        self._count_usage(data.get("usage") or {})
+        reason = data.get("delta", {}).get("stop_reason")
+        return [_delta({}, finish_reason=STOP_REASONS.get(reason or "", "stop"))]
+
+    def _on_message_stop(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        self.done = True
+        usage = {
+            "prompt_tokens": self._prompt_tokens,
+            "completion_tokens": self._completion_tokens,
+            "total_tokens": self._prompt_tokens + self._completion_tokens,
+        }
+        return [{"choices": [], "usage": usage}]
+
+    def _on_error(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        error = data.get("error") or {}
+        raise UpstreamError(
+            f"upstream error mid-stream: {error.get('message') or 'unknown'}",
+            error_class=ERROR_CLASSES.get(error.get("type", ""), "provider_error"),
+            body=data,
+        )
+
+    def _count_usage(self, usage: dict[str, Any]) -> None:
+        # Anthropic's input_tokens excludes cached tokens; OpenAI's prompt_tokens includes them.
+        prompt = sum(
+            usage.get(name) or 0
+            for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        )
+        if prompt:
+            self._prompt_tokens = prompt
+        if usage.get("output_tokens") is not None:
+            # Cumulative in message_delta, so the last value wins.
+            self._completion_tokens = usage["output_tokens"]
+
+
+def _delta(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+# --- Adapter -------------------------------------------------------------------------
+
+
+class AnthropicAdapter(ProviderAdapter):
+    """Streams from ``{base_url}/messages`` (base_url like https://api.anthropic.com/v1)."""
+
+    kind = "anthropic"
+
+    async def stream(
+        self, client: httpx.AsyncClient, target: UpstreamTarget, request: ChatRequest
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        url = f"{target.base_url.rstrip('/')}/messages"
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if target.api_key:
+            headers["x-api-key"] = target.api_key
+        decoder = AnthropicStreamDecoder()
+        sse = SSEDecoder()
+        body = build_body(target, request)
+        async with post_event_stream(client, url, headers=headers, body=body) as rsp:
+            async for raw in rsp.aiter_raw():
+                for event in sse.feed(raw):
+                    for chunk in decoder.feed(_parse(event.data)):
+                        yield chunk
+                    if decoder.done:
+                        return
+        raise UpstreamError("upstream closed the stream early", error_class="protocol_error")
+
+
+def _parse(data: str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("upstream sent malformed JSON", error_class="protocol_error") from None
+    if not isinstance(obj, dict):
+        raise UpstreamError("upstream sent a non-object event", error_class="protocol_error")
+    return obj

@@ -1,0 +1,87 @@
+"""The built-in ``demo`` provider: a deterministic answer at a realistic pace.
+
+It lets a fresh install stream something with no upstream account, and gives
+tests and demos a provider whose output is known in advance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+from streaming.providers.base import ChatRequest, ProviderAdapter, UpstreamTarget
+
+ANSWER = (
+    'You asked: "{prompt}". This is the Sluice demo provider, so no model was '
+    "consulted. The words arrive one at a time, at about the pace a real model "
+    "would send them, which makes it easy to see streaming, cancellation and "
+    "resuming work end to end. Configure an OpenAI or Anthropic provider to get "
+    "real answers."
+)
+PROMPT_QUOTE_CHARS = 80
+# A word with the whitespace before it: joining the tokens gives back the text.
+TOKEN_PATTERN = re.compile(r"\s*\S+")
+
+
+def text_of(content: Any) -> str:
+    """A message's text, whether its content is a string or a list of parts."""
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return " ".join(text_of(message.get("content")).split())
+    return ""
+
+
+def demo_tokens(messages: list[dict[str, Any]], count: int | None = None) -> list[str]:
+    """The answer's tokens; ``count`` repeats or cuts them to exactly that many."""
+    prompt = last_user_text(messages)
+    if len(prompt) > PROMPT_QUOTE_CHARS:
+        prompt = prompt[: PROMPT_QUOTE_CHARS - 3].rstrip() + "..."
+    tokens = TOKEN_PATTERN.findall(ANSWER.format(prompt=prompt or "nothing"))
+    if count is None:
+        return tokens
+    while len(tokens) < count:
+        tokens += [" " + token.lstrip() for token in tokens]
+    return tokens[:count]
+
+
+def _chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+class DemoAdapter(ProviderAdapter):
+    """Streams :func:`demo_tokens`; ``target.params`` may set ``delay`` and ``tokens``."""
+
+    kind = "demo"
+
+    async def stream(
+        self, client: httpx.AsyncClient, target: UpstreamTarget, request: ChatRequest
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        delay = float(target.params.get("delay", settings.SLUICE.get("DEMO_TOKEN_DELAY", 0.03)))
+        count = target.params.get("tokens")
+        tokens = demo_tokens(request.messages, int(count) if count is not None else None)
+        yield _chunk({"role": "assistant", "content": ""})
+        for token in tokens:
+            # sleep(0) still yields to the loop, so a zero delay stays cancellable.
+            await asyncio.sleep(delay)
+            yield _chunk({"content": token})
+        yield _chunk({}, finish_reason="stop")
+        prompt_tokens = sum(len(text_of(m.get("content")).split()) for m in request.messages)
+        yield {
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(tokens),
+                "total_tokens": prompt_tokens + len(tokens),
+            },
+        }

@@ -1,0 +1,225 @@
+"""StreamSession: one generation, owned by the gateway, not by a connection.
+
+The session runs the upstream call as its own task and appends every chunk to
+its StreamLog. Clients attach and detach as readers; the generation goes on
+without them (the tokens are paid for) until it ends, is cancelled, or nobody
+has read it for SLUICE["STREAM_ABANDON_SECONDS"].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from accounts.identity import AppIdentity
+from audit.records import AuditEntry
+from audit.writer import audit_submit
+from streaming.log import CHUNK, END, ERROR, LogLimits, MemoryStreamLog, StreamLogFull
+from streaming.providers import ChatRequest, UpstreamError
+from streaming.router import route_stream
+from streaming.routes import ResolvedRoute
+from streaming.transcript import Transcript
+
+logger = logging.getLogger("sluice.stream")
+
+_sessions: dict[str, StreamSession] = {}
+
+
+def new_stream_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def error_body(message: str, *, type_: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code, "param": None}}
+
+
+def client_status(error: UpstreamError) -> int:
+    """The HTTP status a client sees for a failure before its first chunk."""
+    if error.status in (400, 413, 422, 429):
+        return error.status
+    return 502
+
+
+class StreamSession:
+    """A running (or finished) generation and its log."""
+
+    def __init__(
+        self,
+        *,
+        identity: AppIdentity,
+        request: ChatRequest,
+        route: ResolvedRoute,
+        protocol: str,
+        client_ip: str | None,
+    ) -> None:
+        conf = settings.SLUICE
+        self.id = new_stream_id()
+        self.identity = identity
+        self.request = request
+        self.route = route
+        self.created = int(time.time())
+        self.log = MemoryStreamLog(LogLimits(conf["STREAM_MAX_EVENTS"], conf["STREAM_MAX_BYTES"]))
+        self.transcript = Transcript()
+        self.error_status: int | None = None
+        self.error_payload: dict[str, Any] | None = None
+        self.readers = 0
+        self.resumes = 0
+        self._abandon: asyncio.TimerHandle | None = None
+        self._cancel_reason = ""
+        self._prefix = (
+            b'{"id":"'
+            + self.id.encode()
+            + b'","object":"chat.completion.chunk","created":'
+            + str(self.created).encode()
+            + b',"model":'
+            + orjson.dumps(route.model)
+            + b","
+        )
+        self.audit = AuditEntry(
+            request_id=self.id,
+            protocol=protocol,
+            public_model=request.model,
+            started_at=time.time(),
+            app_id=identity.app_id,
+            app_name=identity.name,
+            token_id=identity.token_id,
+            client_ip=client_ip,
+            request_messages=request.messages,
+            request_params={**request.params, "stream": request.stream},
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        _sessions[self.id] = self
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"stream {self.id}")
+        self._arm_abandon()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if self.task is not None and not self.task.done():
+            self._cancel_reason = reason
+            self.task.cancel()
+
+    @property
+    def finished(self) -> bool:
+        return self.log.ended
+
+    async def wait_finished(self) -> None:
+        await self.log.wait_after(10**12)
+
+    # -- readers ---------------------------------------------------------
+    def attach(self, *, resumed: bool) -> None:
+        self.readers += 1
+        if resumed:
+            self.resumes += 1
+        if self._abandon is not None:
+            self._abandon.cancel()
+            self._abandon = None
+
+    def detach(self) -> None:
+        self.readers -= 1
+        if self.readers == 0:
+            self._arm_abandon()
+
+    def _arm_abandon(self) -> None:
+        if self.readers == 0 and not self.finished:
+            delay = settings.SLUICE["STREAM_ABANDON_SECONDS"]
+            loop = asyncio.get_running_loop()
+            self._abandon = loop.call_later(delay, self.cancel, "abandoned")
+
+    # -- the generation --------------------------------------------------
+    def _append_chunk(self, body: dict[str, Any]) -> None:
+        self.transcript.add(body)
+        if not body.get("choices") and not self.request.include_usage:
+            return  # usage-only chunk: recorded, shown only to clients that asked
+        self.log.append(CHUNK, self._prefix + orjson.dumps(body)[1:])
+
+    def _fail(self, status: int, payload: dict[str, Any]) -> None:
+        self.error_status = status
+        self.error_payload = payload
+        self.log.append(ERROR, orjson.dumps(payload))
+
+    async def _run(self) -> None:
+        audit = self.audit
+        try:
+            async for body in route_stream(self.route, self.request, audit.attempts):
+                if audit.ttft_ms is None:
+                    audit.ttft_ms = (time.time() - audit.started_at) * 1000
+                self._append_chunk(body)
+            audit.outcome = "completed"
+        except UpstreamError as error:
+            self._record_failure(error)
+        except StreamLogFull as error:
+            audit.outcome, audit.error_class, audit.error_message = (
+                "upstream_error",
+                "log_full",
+                str(error),
+            )
+            self._fail(502, error_body(str(error), type_="server_error", code="stream_too_large"))
+        except asyncio.CancelledError:
+            reason = self._cancel_reason or "cancelled"
+            audit.outcome = reason
+            self._fail(499, error_body(f"stream {reason}", type_="server_error", code=reason))
+        except Exception:
+            logger.exception("stream %s failed", self.id)
+            audit.outcome, audit.error_class = "upstream_error", "internal_error"
+            self._fail(
+                500, error_body("internal error", type_="server_error", code="internal_error")
+            )
+        finally:
+            self._end()
+
+    def _record_failure(self, error: UpstreamError) -> None:
+        audit = self.audit
+        audit.outcome = "upstream_error"
+        audit.error_class = error.error_class
+        audit.error_message = error.message[:500]
+        status = client_status(error)
+        audit.status_code = status
+        if status != 502 and isinstance(error.body, dict) and "error" in error.body:
+            payload = error.body
+        else:
+            payload = error_body(
+                f"upstream failed: {error.message}", type_="upstream_error", code=error.error_class
+            )
+        self._fail(status, payload)
+
+    def _end(self) -> None:
+        if self._abandon is not None:
+            self._abandon.cancel()
+        self.log.append(END, b"")
+        audit = self.audit
+        self.transcript.fill(audit)
+        audit.resumes = self.resumes
+        audit.ended_at = time.time()
+        audit.duration_ms = (audit.ended_at - audit.started_at) * 1000
+        if audit.attempts:
+            audit.provider = audit.attempts[-1].provider
+            audit.upstream_model = audit.attempts[-1].upstream_model
+        audit_submit(audit)
+        logger.info(
+            "stream end id=%s app=%s model=%s provider=%s outcome=%s ttft_ms=%s duration_ms=%.1f",
+            self.id,
+            self.identity.name,
+            self.request.model,
+            audit.provider,
+            audit.outcome,
+            f"{audit.ttft_ms:.1f}" if audit.ttft_ms is not None else "-",
+            audit.duration_ms,
+        )
+        ttl = settings.SLUICE["STREAM_TTL_SECONDS"]
+        asyncio.get_running_loop().call_later(ttl, _sessions.pop, self.id, None)
+
+
+def get_session(stream_id: str) -> StreamSession | None:
+    return _sessions.get(stream_id)
+
+
+def active_sessions() -> list[StreamSession]:
+    return [s for s in _sessions.values() if not s.finished]

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from audit.models import AuditRecord
+from audit.records import AuditEntry
+from audit.writer import AuditWriter, audit_flush, audit_submit, audit_writer_stats
+from tests.audit.conftest import make_attempt, make_entry
+
+
+class FlakyWrite:
+    """A stand-in for the database write that fails on demand and records calls."""
+
+    def __init__(self, *, fail_times: int = 0, poison: str | None = None) -> None:
+        self.fail_times = fail_times
+        self.poison = poison
+        self.calls: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, entries: Sequence[AuditEntry]) -> None:
+        self.entered.set()
+        self.release.wait(10)
+        ids = [e.request_id for e in entries]
+        self.calls.append(ids)
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise OSError("database is locked")
+        if self.poison in ids:
+            raise ValueError("secret prompt text in the error")
+
+
+@pytest.fixture
+def writers() -> list[AuditWriter]:
+    return []
+
+
+@pytest.fixture(autouse=True)
+def _stop_writers(writers: list[AuditWriter]):
+    yield
+    for writer in writers:
+        assert writer.stop(timeout=5)
+
+
+def _writer(writers: list[AuditWriter], write: FlakyWrite, **options) -> AuditWriter:
+    writer = AuditWriter(backoff_seconds=0, batch_seconds=0.01, write=write, **options)
+    writers.append(writer)
+    return writer
+
+
+@pytest.mark.django_db(transaction=True)
+def test_submitted_entries_are_written_with_attempts() -> None:
+    assert audit_submit(
+        make_entry(
+            "chatcmpl-w1",
+            attempts=[make_attempt("anthropic", outcome="failed"), make_attempt("openai")],
+        )
+    )
+    assert audit_submit(make_entry("chatcmpl-w2", protocol="ws"))
+    assert audit_flush()
+
+    record = AuditRecord.objects.get(request_id="chatcmpl-w1")
+    assert [a.provider for a in record.attempts.all()] == ["anthropic", "openai"]
+    assert AuditRecord.objects.get(request_id="chatcmpl-w2").protocol == "ws"
+    assert audit_writer_stats()["queue_depth"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_ending_twice_updates_its_record() -> None:
+    audit_submit(make_entry("chatcmpl-twice", outcome="client_disconnected"))
+    assert audit_flush()
+    audit_submit(make_entry("chatcmpl-twice", outcome="completed", resumes=1))
+    audit_submit(make_entry("chatcmpl-other"))
+    assert audit_flush()
+
+    record = AuditRecord.objects.get(request_id="chatcmpl-twice")
+    assert (record.outcome, record.resumes) == ("completed", 1)
+    assert AuditRecord.objects.count() == 2
+
+
+def test_submit_never_blocks_on_a_stuck_database(writers, caplog) -> None:
+    write = FlakyWrite()
+    write.release.clear()
+    writer = _writer(writers, write, maxsize=2)
+    writer.submit(make_entry("r1"))
+    assert write.entered.wait(5)  # the thread holds r1 inside a stuck write
+
+    started = time.perf_counter()
+    results = [writer.submit(make_entry(f"r{i}", response_text="private")) for i in (2, 3, 4)]
+    elapsed = time.perf_counter() - started
+
+    assert results == [True, True, False]
+    assert elapsed < 0.1
+    assert writer.stats() == {"queue_depth": 2, "written": 0, "failed": 0, "dropped": 1}
+    assert "r4" in caplog.text
+    assert "private" not in caplog.text
+    assert writer.flush(timeout=0.05) is False
+
+    write.release.set()
+    assert writer.flush()
+    assert writer.stats()["written"] == 3
+
+
+def test_a_failed_batch_is_retried(writers) -> None:
+    write = FlakyWrite(fail_times=2)
+    writer = _writer(writers, write, retries=2)
+    writer.submit(make_entry("r1"))
+
+    assert writer.flush()
+    assert write.calls == [["r1"]] * 3
+    assert writer.stats()["written"] == 1
+    assert writer.stats()["failed"] == 0
+
+
+def test_a_batch_that_keeps_failing_is_written_entry_by_entry(writers, caplog) -> None:
+    write = FlakyWrite(poison="bad")
+    write.release.clear()
+    writer = _writer(writers, write, retries=1)
+    writer.submit(make_entry("first"))
+    assert write.entered.wait(5)
+    for request_id in ("good", "bad", "also-good"):
+        writer.submit(make_entry(request_id))
+    write.release.set()
+
+    with caplog.at_level(logging.WARNING, logger="audit.writer"):
+        assert writer.flush()
+
+    assert writer.stats()["written"] == 3
+    assert writer.stats()["failed"] == 1
+    assert ["good", "bad", "also-good"] in write.calls
+    assert write.calls[-3:] == [["good"], ["bad"], ["also-good"]]
+    assert "audit record bad lost" in caplog.text
+    assert "secret prompt" not in caplog.text
+
+
+def test_a_single_entry_that_keeps_failing_is_counted(writers, caplog) -> None:
+    writer = _writer(writers, FlakyWrite(fail_times=10), retries=2)
+    writer.submit(make_entry("doomed"))
+
+    assert writer.flush()
+    assert writer.stats()["failed"] == 1
+    assert "audit record doomed lost" in caplog.text
+
+
+def test_stop_writes_what_is_queued_and_a_later_submit_restarts(writers) -> None:
+    write = FlakyWrite()
+    writer = _writer(writers, write)
+    writer.submit(make_entry("before"))
+    assert writer.stop()
+    assert writer.stats()["written"] == 1
+
+    writer.submit(make_entry("after"))
+    assert writer.flush()
+    assert writer.stats()["written"] == 2
+
+
+def test_flush_without_any_submit_returns_at_once(writers) -> None:
+    assert _writer(writers, FlakyWrite()).flush(timeout=0.01)

@@ -1,0 +1,240 @@
+"""What the fake upstreams send, byte for byte as the real APIs send it.
+
+Each encoder turns a :class:`Script` into frames: ``(bytes, is_token)``, where
+a token is one content or tool-argument delta, paced by the script. The
+server walks the frames and injects the scripted fault at the right place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+Frame = tuple[bytes, bool]
+
+DEFAULT_TEXT = "Hello from the fake upstream! This is a short scripted answer."
+_ids = itertools.count(1)
+
+
+@dataclass
+class Script:
+    """How the fake answers one model name. See ``FakeUpstream.script``."""
+
+    tokens: list[str] = field(default_factory=list)
+    delay: float = 0.0
+    ttft: float = 0.0
+    fault: str | None = None
+    fault_after: int = 0
+    status: int | None = None
+    retry_after: float | None = None
+    error_type: str | None = None
+    tool_name: str | None = None
+    tool_arguments: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+def split_text(text: str) -> list[str]:
+    """Word-ish tokens that keep their leading space, like a tokenizer's output."""
+    words = text.split(" ")
+    return [words[0]] + [" " + word for word in words[1:]] if text else []
+
+
+def numbered_tokens(count: int) -> list[str]:
+    return [f"{'' if i == 0 else ' '}tok{i}" for i in range(count)]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """A rough count: words in the messages, like a tokenizer would roughly see."""
+    count = 0
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            count += len(content.split())
+    return count + 3
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+# --- OpenAI ----------------------------------------------------------------------------
+
+
+def openai_error_body(status: int, error_type: str | None = None) -> dict[str, Any]:
+    kinds = {
+        400: ("invalid_request_error", "Invalid value for 'messages'.", None),
+        401: ("invalid_request_error", "Incorrect API key provided.", "invalid_api_key"),
+        429: ("requests", "Rate limit reached for requests.", "rate_limit_exceeded"),
+    }
+    default = ("server_error", "The server had an error while processing your request.", None)
+    kind, message, code = kinds.get(status, default)
+    error = {"message": message, "type": error_type or kind, "param": None, "code": code}
+    return {"error": error}
+
+
+class OpenAIChunks:
+    """Builds ``chat.completion.chunk`` objects for one response."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.base = {
+            "id": f"chatcmpl-fake{next(_ids)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_fake",
+        }
+        self.include_usage = include_usage
+
+    def frame(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        chunk: dict[str, Any] = {**self.base, "choices": [choice]}
+        if self.include_usage:
+            chunk["usage"] = None
+        return b"data: " + _dumps(chunk) + b"\n\n"
+
+    def usage_frame(self, prompt: int, completion: int) -> bytes:
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return b"data: " + _dumps({**self.base, "choices": [], "usage": usage}) + b"\n\n"
+
+
+def openai_frames(script: Script, body: dict[str, Any]) -> list[Frame]:
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    chunks = OpenAIChunks(body.get("model", ""), include_usage)
+    frames: list[Frame] = [
+        (chunks.frame({"role": "assistant", "content": "", "refusal": None}), False)
+    ]
+    frames += [(chunks.frame({"content": token}), True) for token in script.tokens]
+    if script.tool_name:
+        call = {
+            "index": 0,
+            "id": "call_fake1",
+            "type": "function",
+            "function": {"name": script.tool_name, "arguments": ""},
+        }
+        frames.append((chunks.frame({"tool_calls": [call]}), True))
+        for fragment in script.tool_arguments:
+            call = {"index": 0, "function": {"arguments": fragment}}
+            frames.append((chunks.frame({"tool_calls": [call]}), True))
+    finish = script.finish_reason or ("tool_calls" if script.tool_name else "stop")
+    frames.append((chunks.frame({}, finish), False))
+    if include_usage:
+        completion = len(script.tokens) + len(script.tool_arguments)
+        frames.append((chunks.usage_frame(prompt_tokens(body), completion), False))
+    frames.append((b"data: [DONE]\n\n", False))
+    return frames
+
+
+def openai_completion(script: Script, body: dict[str, Any]) -> dict[str, Any]:
+    """A non-streaming ``chat.completion`` object."""
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(script.tokens) or None}
+    if script.tool_name:
+        function = {"name": script.tool_name, "arguments": "".join(script.tool_arguments)}
+        message["tool_calls"] = [{"id": "call_fake1", "type": "function", "function": function}]
+    prompt, completion = prompt_tokens(body), len(script.tokens) + len(script.tool_arguments)
+    finish = script.finish_reason or ("tool_calls" if script.tool_name else "stop")
+    return {
+        "id": f"chatcmpl-fake{next(_ids)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+OPENAI_MALFORMED = b'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n'
+
+
+def openai_error_frame(error_type: str | None) -> bytes:
+    return b"data: " + _dumps(openai_error_body(500, error_type)) + b"\n\n"
+
+
+# --- Anthropic -------------------------------------------------------------------------
+
+
+def anthropic_error_body(status: int, error_type: str | None = None) -> dict[str, Any]:
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }
+    kind = error_type or kinds.get(
+        status, "api_error" if status >= 500 else "invalid_request_error"
+    )
+    return {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
+
+
+def _anthropic_head(model: str, body: dict[str, Any]) -> list[Frame]:
+    message: dict[str, Any] = {
+        "id": f"msg_fake{next(_ids)}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": prompt_tokens(body), "output_tokens": 1},
+    }
+    return [(_event("message_start", {"type": "message_start", "message": message}), False)]
+
+
+def _block(index: int, block: dict[str, Any], deltas: list[dict[str, Any]]) -> list[Frame]:
+    start = {"type": "content_block_start", "index": index, "content_block": block}
+    frames: list[Frame] = [(_event("content_block_start", start), False)]
+    for delta in deltas:
+        data = {"type": "content_block_delta", "index": index, "delta": delta}
+        frames.append((_event("content_block_delta", data), True))
+    stop = {"type": "content_block_stop", "index": index}
+    frames.append((_event("content_block_stop", stop), False))
+    return frames
+
+
+def anthropic_frames(script: Script, body: dict[str, Any]) -> list[Frame]:
+    frames = _anthropic_head(body.get("model", ""), body)
+    index = 0
+    if script.tokens or not script.tool_name:
+        deltas = [{"type": "text_delta", "text": token} for token in script.tokens]
+        frames += _block(index, {"type": "text", "text": ""}, deltas)
+        index += 1
+    if script.tool_name:
+        block = {"type": "tool_use", "id": "toolu_fake1", "name": script.tool_name, "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": ""}]
+        deltas += [{"type": "input_json_delta", "partial_json": f} for f in script.tool_arguments]
+        frames += _block(index, block, deltas)
+    # Anthropic sends a ping after the first content_block_start, with spaces in its JSON.
+    frames.insert(2, (b'event: ping\ndata: {"type": "ping"}\n\n', False))
+    stop_reason = script.finish_reason or ("tool_use" if script.tool_name else "end_turn")
+    output = len(script.tokens) + len(script.tool_arguments)
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+        "usage": {"output_tokens": output},
+    }
+    frames.append((_event("message_delta", delta), False))
+    frames.append((_event("message_stop", {"type": "message_stop"}), False))
+    return frames
+
+
+ANTHROPIC_MALFORMED = b'event: content_block_delta\ndata: {"type": "content_block_delta", "ind\n\n'
+
+
+def anthropic_error_frame(error_type: str | None) -> bytes:
+    return _event("error", anthropic_error_body(529, error_type or "overloaded_error"))

@@ -1,0 +1,1 @@
+"""Provider adapters, the SSE decoder and the fake upstreams."""
