@@ -106,12 +106,10 @@ def test_unknown_model_gets_404(gateway, alice):
     )
 
 
-def test_upstream_refusing_before_first_token_gets_502(gateway, alice, make_route):
+def test_upstream_refusing_before_first_token_gets_502(sdk, alice, make_route):
     model = make_route(("openai", refused_base_url(), "gpt-x"))
     with pytest.raises(openai.APIStatusError) as raised:
-        openai.OpenAI(
-            base_url=f"{gateway.url}/v1", api_key=alice.token, max_retries=0
-        ).chat.completions.create(
+        sdk(alice).chat.completions.create(
             model=model, stream=True, messages=[{"role": "user", "content": "x"}]
         )
     assert raised.value.status_code == 502
