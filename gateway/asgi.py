@@ -8,6 +8,7 @@ lifespan: closes the shared upstream client and flushes the audit writer.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -23,15 +24,19 @@ from streaming.routing import asgi, http_patterns, websocket_patterns  # noqa: E
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
     from audit.writer import audit_flush
+    from streaming.livestats import ensure_ticker
+    from streaming.redis_log import close_redis_clients
     from streaming.upstream import close_upstream_client
 
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            ensure_ticker()  # every worker publishes its live numbers from the start
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await close_upstream_client()
-            audit_flush(timeout=5.0)
+            await close_redis_clients()
+            await asyncio.to_thread(audit_flush, 5.0)
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from gateway.devsecrets import load_dev_secrets
 from gateway.env import envbool, envfloat, envint, envlist, envsecret, envstr
@@ -151,6 +152,8 @@ SLUICE: dict[str, Any] = {
     "UPSTREAM_CONNECT_TIMEOUT": envfloat("SLUICE_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.01),
     "UPSTREAM_READ_TIMEOUT": envfloat("SLUICE_UPSTREAM_READ_TIMEOUT", 300.0, minimum=0.01),
     "UPSTREAM_MAX_CONNECTIONS": envint("SLUICE_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1),
+    "BREAKER_FAILURES": envint("SLUICE_BREAKER_FAILURES", 5, minimum=1),
+    "BREAKER_COOLDOWN_SECONDS": envfloat("SLUICE_BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.1),
     "DEMO_TOKEN_DELAY": envfloat("SLUICE_DEMO_TOKEN_DELAY", 0.03, minimum=0),
     # Metrics
     "METRICS_TOKEN": envstr("SLUICE_METRICS_TOKEN"),
@@ -162,11 +165,25 @@ SLUICE: dict[str, Any] = {
     "AUDIT_QUEUE_SIZE": envint("SLUICE_AUDIT_QUEUE_SIZE", 10_000, minimum=1),
 }
 
+# SLUICE_LOG_FORMAT=json: one JSON object a line; request/stream ids on each.
+LOG_FORMAT = envstr("SLUICE_LOG_FORMAT", "text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"SLUICE_LOG_FORMAT must be 'text' or 'json', not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "streaming.logging.ContextFilter"}},
+    "formatters": {
+        "text": {"()": "streaming.logging.TextFormatter"},
+        "json": {"()": "streaming.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }

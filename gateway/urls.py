@@ -1,16 +1,40 @@
-"""Django routes: admin, OAuth2, health. The streaming API is served by gateway.asgi."""
+"""Django routes: admin (and the staff pages in it), OAuth2, health, metrics,
+static files. The streaming API is served by gateway.asgi."""
+
+import mimetypes
+from pathlib import Path
 
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
-from django.urls import include, path
+from django.contrib.staticfiles import finders
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.urls import include, path, re_path
+
+from streaming.metrics_export import metrics_view
+from streaming.pages import eventsource_page
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def static_file(request: HttpRequest, path: str) -> HttpResponse:
+    """The admin's and the staff pages' assets, found where they live (no
+    collectstatic); a proxy or CDN in front can serve STATIC_ROOT instead."""
+    found = finders.find(path)
+    if not isinstance(found, str):
+        raise Http404(path)
+    content_type = mimetypes.guess_type(found)[0] or "application/octet-stream"
+    response = HttpResponse(Path(found).read_bytes(), content_type=content_type)
+    response["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
 urlpatterns = [
+    path("admin/sluice/", include("streaming.urls")),
     path("admin/", admin.site.urls),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("healthz", healthz),
+    path("try/eventsource", eventsource_page),
+    path("metrics", metrics_view),
+    re_path(r"^static/(?P<path>.+)$", static_file),
 ]

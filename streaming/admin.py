@@ -1,14 +1,27 @@
-"""Ops staff configure providers and routes here. Keys are write-only."""
+"""Ops staff configure providers and routes here. Keys are write-only.
+
+Every save clears the route cache (streaming.signals), so a change applies to
+the next request, on every instance when Redis is configured. Circuit
+breaker state is read from streaming.breaker for display.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import redis
+from asgiref.sync import async_to_sync
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html_join
 
-from streaming.models import ModelRoute, Provider, RouteTarget
+from streaming.breaker import CLOSED, CircuitView, circuit_views, reset_circuits
+from streaming.models import ModelRoute, Provider, RetryOn, RouteTarget
+from streaming.providers import UpstreamError, UpstreamTarget
+from streaming.router import probe_target
 
 
 class ProviderForm(forms.ModelForm):
@@ -45,12 +58,45 @@ class ProviderForm(forms.ModelForm):
         return provider
 
 
+# -- circuit display ----------------------------------------------------------
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else ""
+
+
+def describe_circuit(view: CircuitView) -> str:
+    if view.status == CLOSED:
+        text = f"closed ({view.failures} recent failures)" if view.failures else "closed"
+    else:
+        label = "open" if view.status == "open" else "half-open (probing)"
+        text = f"{label} since {_when(view.since)} after {view.failures} failures"
+    if view.last_error:
+        text += f"; last error {_when(view.last_failure_at)}: {view.last_error}"
+    return text
+
+
+def _circuits(targets: list[tuple[str, str]]) -> list[CircuitView] | None:
+    try:
+        return circuit_views(targets)
+    except (redis.RedisError, OSError):
+        return None
+
+
+def _provider_targets(provider: Provider) -> list[RouteTarget]:
+    seen: dict[str, RouteTarget] = {}
+    for target in provider.targets.select_related("provider").order_by("id"):
+        seen.setdefault(target.upstream_model, target)
+    return list(seen.values())
+
+
+# -- providers ------------------------------------------------------------------
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
-    list_display = ["name", "kind", "base_url", "key_status", "enabled", "updated_at"]
+    list_display = ["name", "kind", "base_url", "key_status", "circuit", "enabled", "updated_at"]
     list_filter = ["kind", "enabled"]
     search_fields = ["name", "base_url"]
+    readonly_fields = ["circuits"]
+    actions = ["test_connection", "reset_circuit_breakers"]
 
     @admin.display(description="API key")
     def key_status(self, obj: Provider) -> str:
@@ -58,15 +104,96 @@ class ProviderAdmin(admin.ModelAdmin):
             return "stored (encrypted)"
         return f"from ${obj.api_key_env}" if obj.api_key_env else "none"
 
+    @admin.display(description="Circuit")
+    def circuit(self, obj: Provider) -> str:
+        models = [t.upstream_model for t in _provider_targets(obj)]
+        views = _circuits([(obj.name, m) for m in models])
+        if views is None:
+            return "unknown (Redis unavailable)"
+        opened = sum(v.status != CLOSED for v in views)
+        return f"{opened} of {len(views)} open" if opened else "closed"
 
+    @admin.display(description="Circuit breakers (per upstream model)")
+    def circuits(self, obj: Provider) -> str:
+        models = [t.upstream_model for t in _provider_targets(obj)] if obj.pk else []
+        views = _circuits([(obj.name, m) for m in models])
+        if views is None:
+            return "unknown (Redis unavailable)"
+        if not views:
+            return "no route uses this provider yet"
+        rows = ((m, describe_circuit(v)) for m, v in zip(models, views, strict=True))
+        return format_html_join("", "<div><strong>{}</strong>: {}</div>", rows)
+
+    @admin.action(description="Test connection (a 1-token request per upstream model)")
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
+        for provider in queryset:
+            targets = _provider_targets(provider)[:3]
+            if not targets:
+                self.message_user(
+                    request,
+                    f"Cannot test {provider.name}: no route uses it yet (the test needs a model).",
+                    messages.WARNING,
+                )
+            for target in targets:
+                self._probe(request, provider, target)
+
+    def _probe(self, request: HttpRequest, provider: Provider, target: RouteTarget) -> None:
+        upstream = UpstreamTarget(
+            provider=provider.name,
+            kind=provider.kind,
+            base_url=provider.base_url.rstrip("/"),
+            model=target.upstream_model,
+            api_key=provider.resolve_api_key(),
+            params=dict(target.params or {}),
+        )
+        where = f"Test connection to {provider.name} / {target.upstream_model}"
+        try:
+            latency = async_to_sync(probe_target)(upstream)
+        except UpstreamError as error:
+            self.message_user(
+                request, f"{where}: {error.error_class}: {error.message}", messages.ERROR
+            )
+        else:
+            self.message_user(request, f"{where}: OK, first token in {latency:.0f} ms")
+
+    @admin.action(description="Reset circuit breakers (close them now)")
+    def reset_circuit_breakers(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
+        targets = [(p.name, t.upstream_model) for p in queryset for t in _provider_targets(p)]
+        reset_circuits(targets)
+        self.message_user(request, f"Closed {len(targets)} circuit(s).")
+
+
+# -- routes ---------------------------------------------------------------------
 class RouteTargetInline(admin.TabularInline):
     model = RouteTarget
     extra = 1
-    fields = ["priority", "provider", "upstream_model", "weight", "params"]
+    fields = ["priority", "provider", "upstream_model", "weight", "params", "circuit"]
+    readonly_fields = ["circuit"]
+
+    @admin.display(description="Circuit")
+    def circuit(self, obj: RouteTarget) -> str:
+        if not obj.pk:
+            return "-"
+        views = _circuits([(obj.provider.name, obj.upstream_model)])
+        return describe_circuit(views[0]) if views else "unknown (Redis unavailable)"
+
+
+class ModelRouteForm(forms.ModelForm):
+    retry_on = forms.MultipleChoiceField(
+        choices=RetryOn.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Failures that are retried, then fallen back on. Others go to the client.",
+    )
+
+    class Meta:
+        model = ModelRoute
+        fields = "__all__"
 
 
 @admin.register(ModelRoute)
 class ModelRouteAdmin(admin.ModelAdmin):
+    form = ModelRouteForm
     inlines = [RouteTargetInline]
     list_display = ["model", "enabled", "target_list", "allow_midstream_fallback", "updated_at"]
     list_filter = ["enabled"]
@@ -77,11 +204,13 @@ class ModelRouteAdmin(admin.ModelAdmin):
             "Fallback policy",
             {
                 "fields": [
+                    "retry_on",
                     "attempts_per_target",
                     "backoff_seconds",
                     "first_token_timeout",
                     "stall_timeout",
                     "allow_midstream_fallback",
+                    "load_balance",
                 ]
             },
         ),

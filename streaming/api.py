@@ -16,15 +16,15 @@ from django.conf import settings
 
 from accounts.identity import AppIdentity, AuthError, authenticate
 from accounts.tickets import issue_ticket
-from streaming import wire
+from streaming import metrics, wire
 from streaming.asgi_http import ApiRequest, JsonResponse, Receive, StreamResponse, endpoint
 from streaming.errors import ApiError
-from streaming.log import ERROR, CursorTrimmed, Entry
+from streaming.log import ERROR, Entry
 from streaming.providers import ChatRequest
-from streaming.reader import follow
 from streaming.routes import ResolvedRoute, resolve_route, route_names
 from streaming.schema import parse_chat_request, parse_json_body
-from streaming.session import StreamSession, get_session
+from streaming.session import StreamSession
+from streaming.streams import StreamHandle, check_cursor, find_stream
 
 SSE = b"text/event-stream; charset=utf-8"
 NDJSON = b"application/x-ndjson"
@@ -56,17 +56,6 @@ async def _route_for(identity: AppIdentity, model: str) -> ResolvedRoute:
     return route
 
 
-def _owned_session(identity: AppIdentity, stream_id: str) -> StreamSession:
-    session = get_session(stream_id)
-    if session is None:
-        raise ApiError(
-            404, f"no stream '{stream_id}' (unknown or expired)", code="stream_not_found"
-        )
-    if session.identity.app_id != identity.app_id:
-        raise ApiError(403, "this stream belongs to another app", code="stream_forbidden")
-    return session
-
-
 async def _start(
     request: ApiRequest, identity: AppIdentity, chat: ChatRequest, protocol: str
 ) -> StreamSession:
@@ -83,7 +72,7 @@ Encoder = Callable[[Sequence[Entry]], bytes]
 
 
 async def _body(
-    session: StreamSession,
+    handle: StreamHandle,
     cursor: int,
     encode: Encoder,
     *,
@@ -91,46 +80,39 @@ async def _body(
     keepalive: bytes | None = None,
     resumed: bool = False,
 ) -> AsyncIterator[bytes]:
-    conf = settings.SLUICE
-    session.attach(resumed=resumed)
-    try:
-        async for batch in follow(
-            session.log,
-            cursor,
-            max_batch_bytes=conf["READER_BUFFER_BYTES"],
-            keepalive=conf["SSE_KEEPALIVE_SECONDS"] if keepalive else None,
-        ):
-            if batch is None:
-                yield keepalive or b""
-                continue
-            # The preamble (SSE ``retry:``) rides on the first event: a block
-            # with no data of its own trips up some clients (the OpenAI SDK).
-            yield preamble + encode(batch)
-            preamble = b""
-    finally:
-        session.detach()
+    interval = settings.SLUICE["SSE_KEEPALIVE_SECONDS"] if keepalive else None
+    async for batch in handle.follow(cursor, resumed=resumed, keepalive=interval):
+        if batch is None:
+            yield keepalive or b""
+            continue
+        # The preamble (SSE ``retry:``) rides on the first event: a block
+        # with no data of its own trips up some clients (the OpenAI SDK).
+        yield preamble + encode(batch)
+        preamble = b""
 
 
 def _stream_response(
-    session: StreamSession, request: ApiRequest, cursor: int, *, resumed: bool
+    handle: StreamHandle, request: ApiRequest, cursor: int, *, resumed: bool
 ) -> StreamResponse:
-    headers = {"X-Sluice-Stream-Id": session.id}
+    headers = {"X-Sluice-Stream-Id": handle.id}
     if request.accepts("application/x-ndjson"):
-        body = _body(session, cursor, wire.ndjson_batch, resumed=resumed)
+        body = _body(handle, cursor, wire.ndjson_batch, resumed=resumed)
+        body = metrics.track_body(body, "ndjson", handle, cursor, resumed=resumed)
         return StreamResponse(body, NDJSON, headers=headers)
     if request.accepts("text/plain") and not request.accepts("text/event-stream"):
-        return StreamResponse(
-            _body(session, cursor, wire.text_batch, resumed=resumed), TEXT, headers=headers
-        )
+        body = _body(handle, cursor, wire.text_batch, resumed=resumed)
+        body = metrics.track_body(body, "text", handle, cursor, resumed=resumed)
+        return StreamResponse(body, TEXT, headers=headers)
     preamble = wire.sse_preamble(settings.SLUICE["SSE_RETRY_MS"])
     body = _body(
-        session,
+        handle,
         cursor,
         wire.sse_batch,
         preamble=preamble,
         keepalive=wire.SSE_KEEPALIVE,
         resumed=resumed,
     )
+    body = metrics.track_body(body, "sse", handle, cursor, resumed=resumed)
     return StreamResponse(body, SSE, headers=headers)
 
 
@@ -255,29 +237,21 @@ def _cursor(request: ApiRequest) -> int:
 async def read_stream(request: ApiRequest) -> JsonResponse | StreamResponse:
     stream_id = request.path_params["stream_id"]
     identity = await _identity(request, purpose=f"stream:{stream_id}")
-    session = _owned_session(identity, stream_id)
+    handle = await find_stream(identity, stream_id)
     cursor = _cursor(request)
-    try:
-        remaining = session.log.read_after(cursor, 1)
-    except CursorTrimmed:
-        raise ApiError(
-            409,
-            f"event {cursor} is not in this stream; it cannot resume from there",
-            code="cursor_out_of_range",
-        ) from None
-    if session.finished and not remaining:
+    if not await check_cursor(handle, cursor):
         # Everything was delivered; 204 also tells a browser's EventSource to stop reconnecting.
         return JsonResponse(b"", status=204)
-    return _stream_response(session, request, cursor, resumed=cursor > 0)
+    return _stream_response(handle, request, cursor, resumed=cursor > 0)
 
 
 async def cancel_stream(request: ApiRequest) -> JsonResponse:
     stream_id = request.path_params["stream_id"]
     identity = await _identity(request, purpose=f"stream:{stream_id}")
-    session = _owned_session(identity, stream_id)
-    was_running = not session.finished
-    session.cancel("cancelled")
-    return JsonResponse({"id": session.id, "object": "stream", "cancelled": was_running})
+    handle = await find_stream(identity, stream_id)
+    was_running = not handle.finished
+    await handle.request_cancel()
+    return JsonResponse({"id": handle.id, "object": "stream", "cancelled": was_running})
 
 
 async def chat_stream_get(request: ApiRequest) -> JsonResponse | StreamResponse:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,12 +22,15 @@ import orjson
 from django.conf import settings
 
 from streaming.errors import ApiError
+from streaming.logging import bind, request_id
 
 logger = logging.getLogger("sluice.http")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 
 STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
@@ -95,13 +100,40 @@ class StreamResponse:
         try:
             async for data in body:
                 # A reader that cannot take data for this long is cut off; it can resume.
-                async with asyncio.timeout(stall):
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                try:
+                    async with asyncio.timeout(stall):
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                except TimeoutError:
+                    logger.info("reader stalled for %ss: disconnecting it", stall)
+                    abort_connection(send)
+                    return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+def abort_connection(send: Send) -> None:
+    """Drop the client's connection now, discarding what is buffered for it.
+
+    ASGI has no way to abort a response. Returning early makes uvicorn close
+    the transport gracefully, which waits to flush its buffer to a client
+    that reads nothing: the socket and its buffers would stay forever. So
+    reach uvicorn's transport through its ``send`` (a bound method of the
+    request cycle), and reset the connection: with SO_LINGER 0, closing sends
+    RST instead of leaving the kernel to flush its send buffer to a reader
+    that never takes it. Elsewhere (daphne, whose ``send`` never waits)
+    returning is all we can do.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -150,6 +182,7 @@ def endpoint(methods: dict[str, Handler]) -> Callable[[Scope, Receive, Send], Aw
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         response: JsonResponse | StreamResponse
+        bind(request_id=request_id(scope["headers"]))
         try:
             handler = methods.get(scope["method"])
             if handler is None:

@@ -34,6 +34,8 @@ POLICY_FIELDS = (
     "first_token_timeout",
     "stall_timeout",
     "allow_midstream_fallback",
+    "retry_on",
+    "load_balance",
 )
 
 
@@ -47,6 +49,20 @@ def _require(item: dict[str, Any], key: str, where: str) -> Any:
     return item[key]
 
 
+def _apply(
+    obj: Provider | ModelRoute, item: dict[str, Any], fields: tuple[str, ...], where: str
+) -> None:
+    """Set the fields the file gives, validate like the admin does, save."""
+    for field in fields:
+        if field in item:
+            setattr(obj, field, item[field])
+    try:
+        obj.full_clean()
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {exc.message_dict}") from None
+    obj.save()
+
+
 def _import_provider(item: dict[str, Any], where: str) -> str:
     name = _require(item, "name", where)
     if "api_key" in item:
@@ -57,14 +73,7 @@ def _import_provider(item: dict[str, Any], where: str) -> str:
     provider, created = Provider.objects.get_or_create(
         name=name, defaults={"kind": _require(item, "kind", where)}
     )
-    for field in PROVIDER_FIELDS:
-        if field in item:
-            setattr(provider, field, item[field])
-    try:
-        provider.full_clean()
-    except ValidationError as exc:
-        raise ConfigError(f"{where}: {exc.message_dict}") from None
-    provider.save()
+    _apply(provider, item, PROVIDER_FIELDS, where)
     return "created" if created else "updated"
 
 
@@ -75,14 +84,7 @@ def _import_route(item: dict[str, Any], where: str) -> str:
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
     route, created = ModelRoute.objects.get_or_create(model=model)
-    for field in POLICY_FIELDS:
-        if field in item:
-            setattr(route, field, item[field])
-    try:
-        route.full_clean()
-    except ValidationError as exc:
-        raise ConfigError(f"{where}: {exc.message_dict}") from None
-    route.save()
+    _apply(route, item, POLICY_FIELDS, where)
     route.targets.all().delete()
     for position, target in enumerate(targets):
         twhere = f"{where}.targets[{position}]"

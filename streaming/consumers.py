@@ -19,13 +19,13 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from accounts.identity import AppIdentity, AuthError, authenticate
-from streaming import wire
+from streaming import metrics, wire
 from streaming.errors import ApiError
-from streaming.log import CursorTrimmed
-from streaming.reader import follow
+from streaming.logging import bind, request_id
 from streaming.routes import resolve_route
 from streaming.schema import parse_chat_request
-from streaming.session import StreamSession, get_session
+from streaming.session import StreamSession
+from streaming.streams import StreamHandle, check_cursor, find_stream
 
 TICKET_SUBPROTOCOL = "sluice.ticket."
 
@@ -37,6 +37,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
     readers: dict[str, asyncio.Task[None]]
 
     async def connect(self) -> None:
+        bind(request_id=request_id(self.scope["headers"]))
         headers = {
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]
         }
@@ -82,9 +83,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if kind == "chat.create":
             await self._create(message)
         elif kind == "stream.resume":
-            self._resume(message)
+            await self._resume(message)
         elif kind == "stream.cancel":
-            self._owned(message).cancel("cancelled")
+            stream_id = str(message.get("stream_id", ""))
+            await (await find_stream(self.identity, stream_id)).request_cancel()
         elif kind == "ping":
             await self.send(text_data='{"type":"pong"}')
         else:
@@ -117,57 +119,40 @@ class StreamConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=orjson.dumps(created).decode())
         self._follow(session, 0, resumed=False)
 
-    def _owned(self, message: dict[str, Any]) -> StreamSession:
-        stream_id = str(message.get("stream_id", ""))
-        session = get_session(stream_id)
-        if session is None:
-            raise ApiError(
-                404, f"no stream '{stream_id}' (unknown or expired)", code="stream_not_found"
-            )
-        if session.identity.app_id != self.identity.app_id:
-            raise ApiError(403, "this stream belongs to another app", code="stream_forbidden")
-        return session
-
-    def _resume(self, message: dict[str, Any]) -> None:
-        session = self._owned(message)
+    async def _resume(self, message: dict[str, Any]) -> None:
+        handle = await find_stream(self.identity, str(message.get("stream_id", "")))
         after = message.get("after", 0)
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise ApiError(400, "'after' must be a non-negative integer", code="invalid_cursor")
-        try:
-            session.log.read_after(after, 1)
-        except CursorTrimmed:
-            raise ApiError(
-                409, f"event {after} is not in this stream", code="cursor_out_of_range"
-            ) from None
-        self._follow(session, after, resumed=True)
+        await check_cursor(handle, after)
+        self._follow(handle, after, resumed=True)
 
-    def _follow(self, session: StreamSession, cursor: int, *, resumed: bool) -> None:
-        previous = self.readers.pop(session.id, None)
+    def _follow(self, handle: StreamHandle, cursor: int, *, resumed: bool) -> None:
+        previous = self.readers.pop(handle.id, None)
         if previous is not None:
             previous.cancel()
-        task = asyncio.ensure_future(self._relay(session, cursor, resumed))
-        self.readers[session.id] = task
-        task.add_done_callback(
-            lambda t: (
-                self.readers.pop(session.id, None) if self.readers.get(session.id) is t else None
-            )
-        )
+        task = asyncio.ensure_future(self._relay(handle, cursor, resumed))
+        self.readers[handle.id] = task
+        task.add_done_callback(lambda done: self._forget(handle.id, done))
 
-    async def _relay(self, session: StreamSession, cursor: int, resumed: bool) -> None:
-        conf = settings.SLUICE
-        session.attach(resumed=resumed)
+    def _forget(self, stream_id: str, task: asyncio.Task[None]) -> None:
+        if self.readers.get(stream_id) is task:
+            del self.readers[stream_id]
+
+    async def _relay(self, handle: StreamHandle, cursor: int, resumed: bool) -> None:
+        stall = settings.SLUICE["READER_STALL_SECONDS"]
         try:
-            async for batch in follow(
-                session.log, cursor, max_batch_bytes=conf["READER_BUFFER_BYTES"]
-            ):
-                for frame in wire.ws_messages(session.id, batch or ()):
-                    async with asyncio.timeout(conf["READER_STALL_SECONDS"]):
-                        await self.send(text_data=frame)
-        except (TimeoutError, OSError):
+            with metrics.ReaderTracker("ws", handle, cursor, resumed=resumed) as reader:
+                async for batch in handle.follow(cursor, resumed=resumed):
+                    frames = wire.ws_messages(handle.id, batch or ())
+                    reader.sent += sum(map(len, frames))
+                    for frame in frames:
+                        # A socket that cannot take a frame for this long is cut; it can resume.
+                        async with asyncio.timeout(stall):
+                            await self.send(text_data=frame)
+        except TimeoutError:
             with contextlib.suppress(Exception):
                 await self.close(code=4008)
-        finally:
-            session.detach()
 
     async def _error(self, error: ApiError, message: dict[str, Any]) -> None:
         payload = {

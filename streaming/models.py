@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
@@ -50,6 +51,30 @@ class Provider(models.Model):
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
+class RetryOn(models.TextChoices):
+    """Kinds of upstream failure a route may retry or fall back on."""
+
+    CONNECT_ERROR = "connect_error", "Connection errors"
+    TIMEOUT = "timeout", "Timeouts (connect, first token, stall)"
+    RATE_LIMITED = "rate_limited", "Rate limited (HTTP 429)"
+    SERVER_ERROR = "server_error", "Server errors (5xx, error events, broken or malformed streams)"
+    CONTENT_FILTER = "content_filter", "Content-filter refusals (before any output)"
+
+
+def validate_retry_on(value: object) -> None:
+    if not isinstance(value, list) or not set(value) <= set(RetryOn.values):
+        raise ValidationError(f"Give a list of: {', '.join(RetryOn.values)}.")
+
+
+def default_retry_on() -> list[str]:
+    return [
+        RetryOn.CONNECT_ERROR.value,
+        RetryOn.TIMEOUT.value,
+        RetryOn.RATE_LIMITED.value,
+        RetryOn.SERVER_ERROR.value,
+    ]
+
+
 class ModelRoute(models.Model):
     """A public model name and the policy for reaching its targets."""
 
@@ -69,6 +94,16 @@ class ModelRoute(models.Model):
     allow_midstream_fallback = models.BooleanField(
         default=False, help_text="Continue on the next target if a text stream dies halfway."
     )
+    retry_on = models.JSONField(
+        default=default_retry_on,
+        blank=True,
+        validators=[validate_retry_on],
+        help_text="Failures that are retried or fallen back on; others go to the client.",
+    )
+    load_balance = models.BooleanField(
+        default=False,
+        help_text="Spread requests over targets of equal priority in proportion to their weight.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -85,7 +120,9 @@ class RouteTarget(models.Model):
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="targets")
     upstream_model = models.CharField(max_length=200)
     priority = models.PositiveSmallIntegerField(default=0, help_text="Lower goes first.")
-    weight = models.PositiveSmallIntegerField(default=1)
+    weight = models.PositiveSmallIntegerField(
+        default=1, help_text="Share among targets of equal priority (route load balancing)."
+    )
     params = models.JSONField(default=dict, blank=True, help_text="Parameter overrides.")
 
     class Meta:

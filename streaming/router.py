@@ -1,8 +1,16 @@
-"""Routing one request over its route's targets, with retries and fallback.
+"""Routing one request over its route's targets: retries, fallback, continuation.
 
-Before the first chunk, failures are retried and fallen back over silently:
-the client only sees latency. Once a chunk has gone out, a failure ends the
-stream with an error (mid-stream continuation is not built yet).
+The plan is the route's targets by priority (weighted-random order among
+equal priorities when the route load-balances), each tried
+``attempts_per_target`` times; targets whose circuit is open are skipped.
+
+Before the client has seen any output, a failure the route's policy lists in
+``retry_on`` is retried (with backoff, or the upstream's Retry-After) or
+fallen back over: the client only sees latency. Once text has gone out, a
+route that allows it continues on the next planned attempt (see
+streaming.continuation): the client's stream goes on, same id, same
+sequence. Never after a tool call started, nor without the route's consent:
+then the failure ends the stream as an error. Every attempt goes in the audit.
 """
 
 from __future__ import annotations
@@ -10,83 +18,273 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
+from itertools import groupby
 from typing import Any
 
-from audit.records import AttemptEntry
+from audit.records import AttemptEntry, AuditEntry
+from streaming.breaker import breaker_key, breakers, counts_as_failure
+from streaming.continuation import ContinuationFilter, StreamProgress, continuation_request
 from streaming.providers import ChatRequest, UpstreamError, UpstreamTarget, adapter_for
-from streaming.routes import ResolvedRoute, RoutePolicy
+from streaming.routes import ResolvedRoute, RoutePolicy, TargetChoice
 from streaming.upstream import upstream_client
+
+# Waiting longer than this for one target's Retry-After is worse than moving on.
+MAX_RETRY_AFTER = 30.0
+
+# The policy's retry_on kinds (streaming.models.RetryOn), by error class.
+FAILURE_KINDS = {
+    "connect_error": "connect_error",
+    "timeout": "timeout",
+    "first_token_timeout": "timeout",
+    "stall": "timeout",
+    "rate_limited": "rate_limited",
+    "server_error": "server_error",
+    "protocol_error": "server_error",
+    "provider_error": "server_error",
+    "content_filter": "content_filter",
+}
 
 
 class RouteExhausted(UpstreamError):
-    """Every target failed; carries the last failure."""
+    """No target could be tried (none enabled, or every circuit open)."""
 
 
-def _backoff(policy: RoutePolicy, attempt: int, error: UpstreamError) -> float:
+# -- planning -------------------------------------------------------------
+def weighted_order(choices: Sequence[TargetChoice], rng: random.Random) -> list[TargetChoice]:
+    """Each comes first with probability weight/total (Efraimidis-Spirakis); weight 0 last."""
+
+    def key(choice: TargetChoice) -> float:
+        return rng.random() ** (1.0 / choice.weight) if choice.weight > 0 else -1.0
+
+    return sorted(choices, key=key, reverse=True)
+
+
+def plan_attempts(route: ResolvedRoute, rng: random.Random | None = None) -> list[UpstreamTarget]:
+    """The upstream calls to try, in order."""
+    rng = rng or random.Random()
+    ordered: list[TargetChoice] = []
+    by_priority = sorted(route.targets, key=lambda c: c.priority)
+    for _, tier in groupby(by_priority, key=lambda c: c.priority):
+        choices = list(tier)
+        ordered += weighted_order(choices, rng) if route.policy.load_balance else choices
+    return [c.upstream for c in ordered for _ in range(route.policy.attempts_per_target)]
+
+
+def backoff_delay(policy: RoutePolicy, retry: int, error: UpstreamError) -> float:
+    """Seconds before retrying the same target: Retry-After, or exponential with jitter."""
     if error.retry_after is not None:
-        return min(error.retry_after, 30.0)
-    base = policy.backoff_seconds * (2**attempt)
+        return error.retry_after
+    base = policy.backoff_seconds * (2**retry)
     return base * (0.5 + random.random() / 2)  # jitter: 50-100% of the base
 
 
-def _plan(route: ResolvedRoute) -> list[UpstreamTarget]:
-    return [t for t in route.targets for _ in range(route.policy.attempts_per_target)]
+# -- one upstream call ------------------------------------------------------
+def _has_output(body: dict[str, Any]) -> bool:
+    for choice in body.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
+            return True
+    return False
 
 
-async def _attempt(
-    target: UpstreamTarget,
-    request: ChatRequest,
-    policy: RoutePolicy,
-    record: AttemptEntry,
+def _check_refusal(body: dict[str, Any], policy: RoutePolicy) -> None:
+    """A content-filter stop before any text is a failure, if the route retries those."""
+    if "content_filter" not in policy.retry_on:
+        return
+    for choice in body.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if choice.get("finish_reason") == "content_filter" and not delta.get("content"):
+            raise UpstreamError("upstream refused (content filter)", error_class="content_filter")
+
+
+def _count(record: AttemptEntry, body: dict[str, Any]) -> None:
+    usage = body.get("usage") or {}
+    if usage.get("completion_tokens"):
+        record.tokens = int(usage["completion_tokens"])
+    elif any("content" in d or "tool_calls" in d for d in _deltas(body)):
+        record.tokens += 1
+
+
+def _deltas(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c.get("delta") or {} for c in body.get("choices") or ()]
+
+
+async def upstream_attempt(
+    target: UpstreamTarget, request: ChatRequest, policy: RoutePolicy, record: AttemptEntry
 ) -> AsyncIterator[dict[str, Any]]:
-    """One upstream call, with first-token and stall timeouts applied."""
+    """One upstream call, with first-token and stall timeouts applied.
+
+    Chunks with no output (the role-only opener) are held back until the
+    first real token, so a failure before it leaves the client nothing to see.
+    """
     loop = asyncio.get_running_loop()
+    held: list[dict[str, Any]] = []
     stream = adapter_for(target.kind).stream(upstream_client(), target, request)
     async with aclosing(stream):
         try:
             async with asyncio.timeout(policy.first_token_timeout) as deadline:
                 async for body in stream:
                     if record.first_token_at is None:
+                        if not _has_output(body):
+                            held.append(body)
+                            continue
+                        _check_refusal(body, policy)
                         record.first_token_at = time.time()
-                    record.tokens += 1
+                        for early in held:
+                            yield early
+                        held.clear()
+                    _count(record, body)
                     deadline.reschedule(loop.time() + policy.stall_timeout)
                     yield body
         except TimeoutError:
             kind = "stall" if record.first_token_at else "first_token_timeout"
             raise UpstreamError(f"upstream {kind.replace('_', ' ')}", error_class=kind) from None
+    for body in held:  # an answer with no output at all
+        yield body
 
 
-async def route_stream(
-    route: ResolvedRoute, request: ChatRequest, attempts: list[AttemptEntry]
-) -> AsyncIterator[dict[str, Any]]:
-    """Yield chunk bodies from the first target that works; record every attempt."""
-    plan = _plan(route)
-    if not plan:
-        raise RouteExhausted("no enabled target for this model", error_class="no_target")
-    for position, target in enumerate(plan):
-        record = AttemptEntry(
-            provider=target.provider, upstream_model=target.model, started_at=time.time()
+# -- the fallback chain -------------------------------------------------------
+class FallbackRun:
+    """One request's way through its plan."""
+
+    def __init__(self, route: ResolvedRoute, request: ChatRequest, audit: AuditEntry) -> None:
+        self.route = route
+        self.policy = route.policy
+        self.request = request
+        self.audit = audit
+        self.progress = StreamProgress()
+        self.skipped: set[str] = set()  # targets not to try again in this request
+
+    async def stream(self) -> AsyncIterator[dict[str, Any]]:
+        plan = plan_attempts(self.route)
+        if not plan:
+            raise RouteExhausted("no enabled target for this model", error_class="no_target")
+        board = breakers()
+        await board.prefetch({breaker_key(t) for t in plan})
+        admitted: dict[str, bool] = {}
+        last_error: UpstreamError | None = None
+        for position, target in enumerate(plan):
+            key = breaker_key(target)
+            if key in self.skipped:
+                continue
+            if key not in admitted:
+                admitted[key] = await board.admit(key)
+            if not admitted[key]:
+                continue
+            try:
+                async for body in self._attempt(target, key):
+                    yield body
+                return
+            except UpstreamError as error:
+                last_error = error
+                await self._after_failure(error, plan, position)
+        if last_error is not None:
+            raise last_error
+        raise RouteExhausted(
+            "every target of this model is failing (circuit open); try again later",
+            error_class="circuit_open",
+            status=503,
         )
-        attempts.append(record)
+
+    async def _attempt(self, target: UpstreamTarget, key: str) -> AsyncIterator[dict[str, Any]]:
+        progress, board = self.progress, breakers()
+        continuing = progress.started
+        record = AttemptEntry(
+            provider=target.provider,
+            upstream_model=target.model,
+            started_at=time.time(),
+            continuation=continuing,
+        )
+        self.audit.attempts.append(record)
+        request, rewrite = self.request, None
+        if continuing:
+            used = sum(a.tokens for a in self.audit.attempts)
+            request = continuation_request(self.request, progress.text, used)
+            rewrite = ContinuationFilter(progress.text)
+        healthy = False
         try:
-            async for body in _attempt(target, request, route.policy, record):
-                yield body
+            async for body in upstream_attempt(target, request, self.policy, record):
+                if not healthy:
+                    healthy = True  # it answered: that closes a half-open circuit
+                    await board.success(key)
+                for out in rewrite.feed(body) if rewrite else (body,):
+                    self.audit.continued = self.audit.continued or continuing
+                    progress.observe(out)
+                    yield out
+            for out in rewrite.flush() if rewrite else ():
+                progress.observe(out)
+                yield out
         except UpstreamError as error:
             record.ended_at = time.time()
             record.outcome = "failed"
             record.status_code = error.status
             record.error_class = error.error_class
             record.error_message = error.message[:500]
-            last = position == len(plan) - 1
-            if record.first_token_at is not None or not error.retryable or last:
-                raise
-            await asyncio.sleep(_backoff(route.policy, position, error))
-            continue
+            if counts_as_failure(error.error_class):
+                await board.failure(key, f"{error.error_class}: {error.message}"[:300])
+            raise
         except BaseException:
             record.ended_at = time.time()
             record.outcome = "cancelled"
             raise
         record.ended_at = time.time()
-        return
+
+    async def _after_failure(
+        self, error: UpstreamError, plan: list[UpstreamTarget], position: int
+    ) -> None:
+        """Raise ``error`` unless the policy lets the next attempt go; wait if it should."""
+        if FAILURE_KINDS.get(error.error_class) not in self.policy.retry_on:
+            raise error
+        if self.progress.started:
+            self._check_continuable(error)
+        key = breaker_key(plan[position])
+        if position + 1 >= len(plan) or breaker_key(plan[position + 1]) != key:
+            return  # the next attempt goes elsewhere: no reason to wait
+        retry = sum(1 for t in plan[:position] if breaker_key(t) == key)
+        delay = backoff_delay(self.policy, retry, error)
+        if delay > MAX_RETRY_AFTER:
+            self.skipped.add(key)
+            return
+        await asyncio.sleep(delay)
+
+    def _check_continuable(self, error: UpstreamError) -> None:
+        record = self.audit.attempts[-1]
+        if not self.policy.allow_midstream_fallback:
+            raise error
+        if self.progress.tool_call_started:
+            record.error_message = (record.error_message + " (not continued: tool call)")[:500]
+            raise error
+        if not self.progress.can_continue():
+            raise error
+
+
+def route_stream(
+    route: ResolvedRoute, request: ChatRequest, audit: AuditEntry
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield chunk bodies for the request; record every attempt in ``audit``."""
+    return FallbackRun(route, request, audit).stream()
+
+
+PROBE_TIMEOUT = 15.0
+
+
+async def probe_target(target: UpstreamTarget) -> float:
+    """Send a 1-token request to ``target``; the milliseconds to its first token.
+
+    Raises UpstreamError (the admin's "test connection" shows it).
+    """
+    request = ChatRequest(
+        model=target.model, messages=[{"role": "user", "content": "ping"}], params={"max_tokens": 1}
+    )
+    started = time.perf_counter()
+    stream = adapter_for(target.kind).stream(upstream_client(), target, request)
+    try:
+        async with aclosing(stream), asyncio.timeout(PROBE_TIMEOUT):
+            async for body in stream:
+                if _has_output(body):
+                    break
+    except TimeoutError:
+        raise UpstreamError("no answer within 15 s", error_class="timeout") from None
+    return (time.perf_counter() - started) * 1000

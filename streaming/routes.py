@@ -1,45 +1,130 @@
 """Route lookup for the hot path: cached in process, invalidated on change.
 
-A cache hit costs a dict lookup. Saves in this process clear the cache at
-once (signals); other instances pick changes up within
-SLUICE["CONFIG_CACHE_SECONDS"].
+A cache hit costs a dict lookup. A save in this process clears the cache at
+once (signals call ``invalidate_routes``). With ``REDIS_URL`` set, the save
+also bumps a config version in Redis, and every instance reads that version
+at most every CONFIG_VERSION_CHECK_SECONDS (one GET, on the request path but
+never more than twice a second per process), so a change applies everywhere
+within about half a second. Without Redis, other processes pick changes up
+within SLUICE["CONFIG_CACHE_SECONDS"].
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import transaction
 
-from streaming.models import ModelRoute
+from streaming.models import ModelRoute, default_retry_on
 from streaming.providers.base import UpstreamTarget
+from streaming.redis_log import redis_client
+
+logger = logging.getLogger("sluice.routes")
+
+CONFIG_VERSION_KEY = "sluice:config:version"
+CONFIG_VERSION_CHECK_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
+    """How the router treats one route's targets (ops set it in the admin)."""
+
     attempts_per_target: int = 1
     backoff_seconds: float = 0.2
     first_token_timeout: float = 30.0
     stall_timeout: float = 60.0
     allow_midstream_fallback: bool = False
+    retry_on: frozenset[str] = field(default_factory=lambda: frozenset(default_retry_on()))
+    load_balance: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChoice:
+    """A route target as the router plans with it."""
+
+    upstream: UpstreamTarget
+    priority: int = 0
+    weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class ResolvedRoute:
     model: str
-    targets: tuple[UpstreamTarget, ...]
+    targets: tuple[TargetChoice, ...]
     policy: RoutePolicy
 
 
 _routes: dict[str, tuple[float, ResolvedRoute | None]] = {}
 _names: list[tuple[float, tuple[str, ...]]] = []
+# Bumped on every clear, so a load that raced with a change is not cached.
+_generation = [0]
+
+
+def _clear_local() -> None:
+    _routes.clear()
+    _names.clear()
+    _generation[0] += 1
 
 
 def invalidate_routes() -> None:
-    _routes.clear()
-    _names.clear()
+    """The configuration changed: forget cached routes here, and tell other instances."""
+    _clear_local()
+    if settings.REDIS_URL:
+        # After the commit, or another instance could reload the old rows.
+        transaction.on_commit(_bump_config_version)
+
+
+# -- cross-instance invalidation ------------------------------------------
+_sync_redis: list[redis.Redis] = []
+
+
+def _bump_config_version() -> None:
+    _clear_local()
+    if not _sync_redis:
+        _sync_redis.append(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2.0))
+    try:
+        _sync_redis[0].incr(CONFIG_VERSION_KEY)
+    except (redis.RedisError, OSError):
+        logger.warning("could not publish a config change; other instances see it after the TTL")
+
+
+class _VersionCheck:
+    seen: bytes | str | None = None
+    checked_at = 0.0
+
+
+async def _check_config_version() -> None:
+    """Clear the cache if another instance changed the configuration."""
+    now = time.monotonic()
+    if now - _VersionCheck.checked_at < CONFIG_VERSION_CHECK_SECONDS:
+        return
+    _VersionCheck.checked_at = now  # before the await: one check at a time
+    try:
+        version = await redis_client().get(CONFIG_VERSION_KEY)
+    except (redis.RedisError, OSError):
+        logger.warning("could not read the config version from Redis")
+        return
+    if version != _VersionCheck.seen:
+        _VersionCheck.seen = version
+        _clear_local()
+
+
+# -- loading ----------------------------------------------------------------
+def _policy(route: ModelRoute) -> RoutePolicy:
+    return RoutePolicy(
+        attempts_per_target=route.attempts_per_target,
+        backoff_seconds=route.backoff_seconds,
+        first_token_timeout=route.first_token_timeout,
+        stall_timeout=route.stall_timeout,
+        allow_midstream_fallback=route.allow_midstream_fallback,
+        retry_on=frozenset(route.retry_on or ()),
+        load_balance=route.load_balance,
+    )
 
 
 def _load_route(model: str) -> ResolvedRoute | None:
@@ -51,25 +136,22 @@ def _load_route(model: str) -> ResolvedRoute | None:
     if route is None:
         return None
     targets = tuple(
-        UpstreamTarget(
-            provider=t.provider.name,
-            kind=t.provider.kind,
-            base_url=t.provider.base_url.rstrip("/"),
-            model=t.upstream_model,
-            api_key=t.provider.resolve_api_key(),
-            params=dict(t.params or {}),
+        TargetChoice(
+            upstream=UpstreamTarget(
+                provider=t.provider.name,
+                kind=t.provider.kind,
+                base_url=t.provider.base_url.rstrip("/"),
+                model=t.upstream_model,
+                api_key=t.provider.resolve_api_key(),
+                params=dict(t.params or {}),
+            ),
+            priority=t.priority,
+            weight=t.weight,
         )
         for t in route.targets.all()
         if t.provider.enabled
     )
-    policy = RoutePolicy(
-        attempts_per_target=route.attempts_per_target,
-        backoff_seconds=route.backoff_seconds,
-        first_token_timeout=route.first_token_timeout,
-        stall_timeout=route.stall_timeout,
-        allow_midstream_fallback=route.allow_midstream_fallback,
-    )
-    return ResolvedRoute(model=route.model, targets=targets, policy=policy)
+    return ResolvedRoute(model=route.model, targets=targets, policy=_policy(route))
 
 
 def _load_names() -> tuple[str, ...]:
@@ -78,22 +160,30 @@ def _load_names() -> tuple[str, ...]:
 
 async def resolve_route(model: str) -> ResolvedRoute | None:
     """The enabled route for a public model name, or None."""
+    if settings.REDIS_URL:
+        await _check_config_version()
     now = time.monotonic()
     hit = _routes.get(model)
     if hit is not None and hit[0] > now:
         return hit[1]
+    generation = _generation[0]
     route = await database_sync_to_async(_load_route)(model)
-    if len(_routes) > 10_000:
-        _routes.clear()
-    _routes[model] = (now + settings.SLUICE["CONFIG_CACHE_SECONDS"], route)
+    if generation == _generation[0]:
+        if len(_routes) > 10_000:
+            _routes.clear()
+        _routes[model] = (now + settings.SLUICE["CONFIG_CACHE_SECONDS"], route)
     return route
 
 
 async def route_names() -> tuple[str, ...]:
     """Public names of all enabled routes."""
+    if settings.REDIS_URL:
+        await _check_config_version()
     now = time.monotonic()
     if _names and _names[0][0] > now:
         return _names[0][1]
+    generation = _generation[0]
     names = await database_sync_to_async(_load_names)()
-    _names[:] = [(now + settings.SLUICE["CONFIG_CACHE_SECONDS"], names)]
+    if generation == _generation[0]:
+        _names[:] = [(now + settings.SLUICE["CONFIG_CACHE_SECONDS"], names)]
     return names

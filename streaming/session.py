@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -20,8 +21,11 @@ from django.conf import settings
 from accounts.identity import AppIdentity
 from audit.records import AuditEntry
 from audit.writer import audit_submit
-from streaming.log import CHUNK, END, ERROR, LogLimits, MemoryStreamLog, StreamLogFull
+from streaming import metrics, redis_log
+from streaming.log import CHUNK, END, ERROR, Entry, LogLimits, MemoryStreamLog, StreamLogFull
+from streaming.logging import bind, stream_end_fields
 from streaming.providers import ChatRequest, UpstreamError
+from streaming.reader import follow
 from streaming.router import route_stream
 from streaming.routes import ResolvedRoute
 from streaming.transcript import Transcript
@@ -43,6 +47,8 @@ def client_status(error: UpstreamError) -> int:
     """The HTTP status a client sees for a failure before its first chunk."""
     if error.status in (400, 413, 422, 429):
         return error.status
+    if error.error_class in ("circuit_open", "no_target"):
+        return 503  # nothing was tried: the gateway has no healthy target right now
     return 502
 
 
@@ -99,6 +105,13 @@ class StreamSession:
     def start(self) -> None:
         _sessions[self.id] = self
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"stream {self.id}")
+        self.task.add_done_callback(self._ensure_ended)
+        if redis_log.redis_enabled():
+            mirror = redis_log.RedisMirror(
+                self.id, self.log, app_id=self.app_id, model=self.route.model
+            )
+            mirror.start()
+            redis_log.ensure_cancel_listener(cancel_local)
         self._arm_abandon()
 
     def cancel(self, reason: str = "cancelled") -> None:
@@ -109,6 +122,17 @@ class StreamSession:
     @property
     def finished(self) -> bool:
         return self.log.ended
+
+    @property
+    def app_id(self) -> int:
+        return self.identity.app_id
+
+    async def remaining(self, cursor: int) -> bool:
+        """Whether events follow ``cursor``; CursorTrimmed if it is not in the log."""
+        return bool(self.log.read_after(cursor, 1)) or not self.finished
+
+    async def request_cancel(self) -> None:
+        self.cancel("cancelled")
 
     async def wait_finished(self) -> None:
         await self.log.wait_after(10**12)
@@ -127,11 +151,38 @@ class StreamSession:
         if self.readers == 0:
             self._arm_abandon()
 
+    async def follow(
+        self, cursor: int, *, resumed: bool, keepalive: float | None = None
+    ) -> AsyncIterator[list[Entry] | None]:
+        """Read the log from ``cursor`` as one attached reader (see reader.follow)."""
+        self.attach(resumed=resumed)
+        try:
+            batch_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
+            async for batch in follow(
+                self.log, cursor, max_batch_bytes=batch_bytes, keepalive=keepalive
+            ):
+                yield batch
+        finally:
+            self.detach()
+
     def _arm_abandon(self) -> None:
         if self.readers == 0 and not self.finished:
             delay = settings.SLUICE["STREAM_ABANDON_SECONDS"]
             loop = asyncio.get_running_loop()
-            self._abandon = loop.call_later(delay, self.cancel, "abandoned")
+            self._abandon = loop.call_later(delay, self._abandon_check)
+
+    def _abandon_check(self) -> None:
+        if not redis_log.redis_enabled():
+            self.cancel("abandoned")
+            return
+        # Someone may be reading this stream on another instance.
+        asyncio.get_running_loop().create_task(self._abandon_unless_read_elsewhere())
+
+    async def _abandon_unless_read_elsewhere(self) -> None:
+        if await redis_log.remote_reader_active(self.id):
+            self._arm_abandon()
+        elif self.readers == 0:
+            self.cancel("abandoned")
 
     # -- the generation --------------------------------------------------
     def _append_chunk(self, body: dict[str, Any]) -> None:
@@ -147,10 +198,13 @@ class StreamSession:
 
     async def _run(self) -> None:
         audit = self.audit
+        bind(stream_id=self.id)
+        metrics.stream_started(self)
         try:
-            async for body in route_stream(self.route, self.request, audit.attempts):
+            async for body in route_stream(self.route, self.request, audit):
                 if audit.ttft_ms is None:
                     audit.ttft_ms = (time.time() - audit.started_at) * 1000
+                    metrics.first_token(self)
                 self._append_chunk(body)
             audit.outcome = "completed"
         except UpstreamError as error:
@@ -163,9 +217,7 @@ class StreamSession:
             )
             self._fail(502, error_body(str(error), type_="server_error", code="stream_too_large"))
         except asyncio.CancelledError:
-            reason = self._cancel_reason or "cancelled"
-            audit.outcome = reason
-            self._fail(499, error_body(f"stream {reason}", type_="server_error", code=reason))
+            self._record_cancel()
         except Exception:
             logger.exception("stream %s failed", self.id)
             audit.outcome, audit.error_class = "upstream_error", "internal_error"
@@ -173,6 +225,18 @@ class StreamSession:
                 500, error_body("internal error", type_="server_error", code="internal_error")
             )
         finally:
+            self._end()
+
+    def _record_cancel(self) -> None:
+        reason = self._cancel_reason or "cancelled"
+        self.audit.outcome = reason
+        self._fail(499, error_body(f"stream {reason}", type_="server_error", code=reason))
+
+    def _ensure_ended(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before it ever ran never enters _run's finally:
+        # end the log here so readers are not left waiting.
+        if not self.log.ended:
+            self._record_cancel()
             self._end()
 
     def _record_failure(self, error: UpstreamError) -> None:
@@ -203,18 +267,16 @@ class StreamSession:
             audit.provider = audit.attempts[-1].provider
             audit.upstream_model = audit.attempts[-1].upstream_model
         audit_submit(audit)
-        logger.info(
-            "stream end id=%s app=%s model=%s provider=%s outcome=%s ttft_ms=%s duration_ms=%.1f",
-            self.id,
-            self.identity.name,
-            self.request.model,
-            audit.provider,
-            audit.outcome,
-            f"{audit.ttft_ms:.1f}" if audit.ttft_ms is not None else "-",
-            audit.duration_ms,
-        )
+        metrics.stream_ended(self)
+        logger.info("stream end", extra={"fields": stream_end_fields(self)})
         ttl = settings.SLUICE["STREAM_TTL_SECONDS"]
         asyncio.get_running_loop().call_later(ttl, _sessions.pop, self.id, None)
+
+
+def cancel_local(stream_id: str) -> None:
+    session = _sessions.get(stream_id)
+    if session is not None:
+        session.cancel("cancelled")
 
 
 def get_session(stream_id: str) -> StreamSession | None:

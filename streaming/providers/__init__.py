@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from streaming.providers.base import (
     ChatRequest,
     ProviderAdapter,
@@ -10,19 +12,20 @@ from streaming.providers.base import (
 )
 
 
-def adapter_for(kind: str) -> ProviderAdapter:
-    """The adapter for a provider kind (``openai``, ``anthropic``, ``demo``)."""
+@cache
+def _adapters() -> dict[str, ProviderAdapter]:
+    # Imported on first use: the adapter modules import the shared HTTP helpers.
     from streaming.providers.anthropic import AnthropicAdapter
     from streaming.providers.demo import DemoAdapter
     from streaming.providers.openai import OpenAIAdapter
 
-    adapters: dict[str, ProviderAdapter] = {
-        "openai": OpenAIAdapter(),
-        "anthropic": AnthropicAdapter(),
-        "demo": DemoAdapter(),
-    }
+    return {"openai": OpenAIAdapter(), "anthropic": AnthropicAdapter(), "demo": DemoAdapter()}
+
+
+def adapter_for(kind: str) -> ProviderAdapter:
+    """The adapter for a provider kind (``openai``, ``anthropic``, ``demo``)."""
     try:
-        return adapters[kind]
+        return _adapters()[kind]
     except KeyError:
         raise ValueError(f"unknown provider kind {kind!r}") from None
 

@@ -50,7 +50,8 @@ class UpstreamError(Exception):
     """An upstream failed. ``error_class`` is a short, bounded label.
 
     Labels: connect_error, timeout, first_token_timeout, stall, rate_limited,
-    server_error, client_error, protocol_error, provider_error, content_filter.
+    server_error, client_error, protocol_error, provider_error, content_filter;
+    the router adds no_target and circuit_open.
     """
 
     def __init__(
@@ -144,7 +145,18 @@ def error_for_status(status: int, headers: httpx.Headers, body: Any) -> Upstream
         )
     if status >= 500:
         return UpstreamError(message, error_class="server_error", status=status, body=body)
+    if _error_code(body) in CONTENT_FILTER_CODES:
+        return UpstreamError(message, error_class="content_filter", status=status, body=body)
     return UpstreamError(message, error_class="client_error", status=status, body=body)
+
+
+# What Azure OpenAI and OpenAI call a prompt their content filter refused.
+CONTENT_FILTER_CODES = {"content_filter", "content_policy_violation"}
+
+
+def _error_code(body: Any) -> Any:
+    error = body.get("error") if isinstance(body, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def error_for_transport(exc: httpx.HTTPError, *, responded: bool) -> UpstreamError:

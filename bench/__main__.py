@@ -1,0 +1,110 @@
+"""``python -m bench`` (``make bench``): run every scenario and write the table.
+
+``--quick`` shrinks every scenario (the smoke test uses it); ``--only``
+picks scenarios by name. The full run writes bench/results/latest.md (and
+the raw figures to latest.json, which git ignores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import report
+from bench.report import Row
+from bench.scenarios import SCENARIOS, Bench, Sizes, saturation
+from bench.stack import (
+    Workspace,
+    create_app,
+    create_routes,
+    fetch_token,
+    start_gateway,
+    start_upstream,
+)
+from bench.stall import stalled
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+ALL: dict[str, Callable[[Bench], list[Row]]] = {
+    **SCENARIOS,
+    "stalled": stalled,
+    "daphne-saturation": lambda bench: saturation(bench, "sse", "daphne"),
+    "daphne-stalled": lambda bench: stalled(bench, "daphne"),
+}
+
+NOTES = [
+    "Direct: the load generator straight to the fake upstream; Sluice: the same "
+    "requests through one gateway process. Both legs run one after the other in "
+    "the same run (the sequential scenario alternates them request by request).",
+    "TTFT: request sent to the first non-empty content delta; on WebSocket, "
+    "chat.create sent to the first content chunk (the socket is already open).",
+    "Gateway CPU s and peak RSS are the gateway process's own (/proc stat and "
+    "VmHWM, reset per scenario); each scenario runs on a fresh gateway process.",
+    "The fake upstream is bench/upstream.py (uvloop, one write per token); the "
+    "load generator is bench/load.py (aiohttp on uvloop), each in its own process. "
+    "On 2 cores they compete with the gateway for CPU: saturation figures are a "
+    "floor for what one gateway process relays on a core of its own.",
+    "Stalled reader: the baseline column is the same stream read by a client that "
+    "keeps up (same log), so the difference is what a stalled reader costs.",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--only", default="", help=f"comma separated: {', '.join(ALL)}")
+    parser.add_argument("--out", type=Path, help="where to write the markdown table")
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every gateway process (to compare settings), repeatable",
+    )
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(ALL)
+    unknown = set(names) - set(ALL)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    out = args.out or (None if args.quick else RESULTS / "latest.md")
+
+    started = time.monotonic()
+    workspace = Workspace(extra=dict(item.split("=", 1) for item in args.gateway_env))
+    workspace.setup_django()
+    upstream = start_upstream(workspace)
+    try:
+        sizes = Sizes.quick() if args.quick else Sizes()
+        routes = create_routes(
+            f"http://127.0.0.1:{upstream.port}/v1", list(dict.fromkeys(sizes.models().values()))
+        )
+        client_id, secret = create_app()
+        gateway = start_gateway(workspace, "uvicorn")
+        try:
+            token = fetch_token(f"http://127.0.0.1:{gateway.port}", client_id, secret)
+        finally:
+            gateway.stop()
+        bench = Bench(workspace, upstream, routes, token, sizes)
+        rows: list[Row] = []
+        for name in names:
+            print(f"-- {name}", file=sys.stderr, flush=True)
+            rows += ALL[name](bench)
+    finally:
+        upstream.stop()
+    elapsed = time.monotonic() - started
+    title = "Sluice benchmark" + (" (quick)" if args.quick else "")
+    notes = [*NOTES, f"Whole run: {elapsed:.0f} s."]
+    table = report.markdown(rows, title=title, notes=notes)
+    print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+    shutil.rmtree(workspace.root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""The benchmark's scenarios: each runs direct and through Sluice, and returns rows.
+
+Every scenario gets a fresh gateway process (warmed up with a few requests
+of its own model), so its CPU seconds and peak RSS are its own. The direct
+leg runs first, then the Sluice leg, from one load-generator process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bench import report
+from bench.load import Leg, Spec, spec_to_json
+from bench.report import Row
+from bench.stack import (
+    ROOT,
+    Process,
+    RssSampler,
+    Workspace,
+    cpu_seconds,
+    peak_rss_kib,
+    reset_peak_rss,
+    rss_kib,
+    start_gateway,
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario is; ``quick`` shrinks them for the smoke test."""
+
+    sequential_requests: int = 200
+    paced_streams: int = 100
+    paced_tokens: int = 100
+    saturation_streams: int = 64
+    saturation_requests: int = 128
+    saturation_tokens: int = 1000
+    open_streams: int = 1000
+    open_tokens: int = 12
+    open_delay: float = 1.0
+    stalled_tokens: int = 25_000  # about 5 MB of SSE
+    stall_seconds: float = 2.0  # SLUICE_READER_STALL_SECONDS for the stalled reader
+    ttl_seconds: int = 6  # SLUICE_STREAM_TTL_SECONDS for the stalled reader
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            sequential_requests=20,
+            paced_streams=10,
+            paced_tokens=20,
+            saturation_streams=8,
+            saturation_requests=16,
+            saturation_tokens=200,
+            open_streams=50,
+            open_tokens=3,
+            open_delay=0.5,
+            stalled_tokens=15_000,
+            stall_seconds=1.0,
+            ttl_seconds=3,
+        )
+
+    def models(self) -> dict[str, str]:
+        """Scenario key -> fake upstream model name (its script)."""
+        return {
+            "warm": "fake:tokens=5",
+            "sequential": "fake:tokens=10",
+            "paced": f"fake:tokens={self.paced_tokens},delay=0.02",
+            "saturation": f"fake:tokens={self.saturation_tokens}",
+            "open": f"fake:tokens={self.open_tokens},delay={self.open_delay}",
+            "stalled": f"fake:tokens={self.stalled_tokens}",
+        }
+
+
+SLUICE_TRANSPORTS = {"sse": "SSE", "ndjson": "NDJSON", "ws": "WebSocket"}
+
+
+@dataclass
+class Bench:
+    """What every scenario needs: the workspace, the upstream, routes and a token."""
+
+    workspace: Workspace
+    upstream: Process
+    routes: dict[str, str]  # upstream model -> public route
+    token: str
+    sizes: Sizes
+
+    def direct(self, key: str) -> Leg:
+        url = f"http://127.0.0.1:{self.upstream.port}/v1/chat/completions"
+        return Leg("direct", url, "direct", self.sizes.models()[key])
+
+    def sluice(self, gateway: Process, key: str, transport: str = "sse") -> Leg:
+        if transport == "ws":
+            url = f"ws://127.0.0.1:{gateway.port}/v1/ws"
+        else:
+            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+        model = self.routes[self.sizes.models()[key]]
+        return Leg("sluice", url, transport, model, self.token)
+
+    @contextmanager
+    def gateway(self, server: str = "uvicorn", **env: str) -> Iterator[Process]:
+        process = start_gateway(self.workspace, server, **env)
+        try:
+            yield process
+        finally:
+            process.stop()
+
+
+def run_load(spec: Spec) -> list[dict[str, Any]]:
+    """Run the load generator in its own process; one result per leg group."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.load"],
+        input=spec_to_json(spec),
+        capture_output=True,
+        cwd=ROOT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{done.stderr.decode()[-3000:]}")
+    runs: list[dict[str, Any]] = orjson.loads(done.stdout)["runs"]
+    return runs
+
+
+def warm_up(bench: Bench, gateway: Process, key: str, transport: str = "sse") -> None:
+    """Token cache, route cache, upstream pool and code paths, before measuring."""
+    legs = [bench.sluice(gateway, "warm", transport), bench.sluice(gateway, key, transport)]
+    for leg in legs:
+        run_load(Spec(legs=[leg], concurrency=4, requests=8))
+    time.sleep(0.3)
+
+
+@dataclass
+class Cost:
+    """The gateway's CPU seconds and peak RSS over a block."""
+
+    cpu_seconds: float = 0.0
+    peak_rss_mib: float = 0.0
+    idle_rss_kib: int = 0
+
+
+@contextmanager
+def measured(gateway: Process) -> Iterator[Cost]:
+    cost = Cost(idle_rss_kib=rss_kib(gateway.pid))
+    reset_peak_rss(gateway.pid)
+    before = cpu_seconds(gateway.pid)
+    yield cost
+    cost.cpu_seconds = cpu_seconds(gateway.pid) - before
+    cost.peak_rss_mib = peak_rss_kib(gateway.pid) / 1024
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}"
+
+
+# -- scenarios ------------------------------------------------------------------
+def sequential(bench: Bench) -> list[Row]:
+    """One request at a time, direct and Sluice alternating: the added TTFT."""
+    name = "sequential, 1 at a time (SSE)"
+    with bench.gateway() as gateway:
+        warm_up(bench, gateway, "sequential")
+        legs = [bench.direct("sequential"), bench.sluice(gateway, "sequential")]
+        spec = Spec(
+            legs=legs,
+            concurrency=1,
+            requests=2 * bench.sizes.sequential_requests,
+            interleave=True,
+            expect_tokens=10,
+        )
+        with measured(gateway) as cost:
+            (run,) = run_load(spec)
+    direct = [r for r in run["records"] if r["leg"] == "direct"]
+    sluice = [r for r in run["records"] if r["leg"] == "sluice"]
+    rows = []
+    for p, limit in ((50, 1.0), (99, 3.0)):
+        d, s = (
+            report.percentile(report.ttfts_ms(direct), p),
+            report.percentile(report.ttfts_ms(sluice), p),
+        )
+        rows.append(
+            Row(
+                name,
+                f"TTFT p{p} (ms)",
+                _ms(d),
+                _ms(s),
+                f"+{s - d:.2f} ms",
+                f"added ≤ {limit:g} ms",
+                s - d <= limit,
+                cost.cpu_seconds,
+                cost.peak_rss_mib,
+                report.errors(direct) + report.errors(sluice),
+            )
+        )
+    return rows
+
+
+def paced(bench: Bench) -> list[Row]:
+    """Many concurrent streams at 50 tokens/s: added TTFT and stream durations."""
+    sizes = bench.sizes
+    name = f"{sizes.paced_streams} streams x 50 tok/s, {sizes.paced_tokens} tokens (SSE)"
+    with bench.gateway() as gateway:
+        warm_up(bench, gateway, "paced")
+        legs = [bench.direct("paced"), bench.sluice(gateway, "paced")]
+        spec = Spec(
+            legs=legs,
+            concurrency=sizes.paced_streams,
+            requests=2 * sizes.paced_streams,
+            expect_tokens=sizes.paced_tokens,
+        )
+        with measured(gateway) as cost:
+            direct_run, sluice_run = run_load(spec)
+    direct, sluice = direct_run["records"], sluice_run["records"]
+    errors = report.errors(direct) + report.errors(sluice)
+    d99 = report.percentile(report.ttfts_ms(direct), 99)
+    s99 = report.percentile(report.ttfts_ms(sluice), 99)
+    d_med = report.percentile(report.durations(direct), 50)
+    d_max = report.percentile(report.durations(direct), 100)
+    s_med = report.percentile(report.durations(sluice), 50)
+    s_max = report.percentile(report.durations(sluice), 100)
+    slowest = s_max / d_med - 1
+    return [
+        Row(
+            name,
+            "TTFT p99 (ms)",
+            _ms(d99),
+            _ms(s99),
+            f"+{s99 - d99:.2f} ms",
+            "added ≤ 10 ms",
+            s99 - d99 <= 10,
+            cost.cpu_seconds,
+            cost.peak_rss_mib,
+            errors,
+        ),
+        Row(
+            name,
+            "stream duration median / slowest (s)",
+            f"{d_med:.3f} / {d_max:.3f}",
+            f"{s_med:.3f} / {s_max:.3f}",
+            f"slowest {slowest:+.1%} vs direct median",
+            "every stream ≤ +5%",
+            slowest <= 0.05,
+            errors=errors,
+        ),
+    ]
+
+
+def saturation(bench: Bench, transport: str = "sse", server: str = "uvicorn") -> list[Row]:
+    """Many concurrent streams with no delay: content tokens/s one process relays."""
+    sizes = bench.sizes
+    label = SLUICE_TRANSPORTS[transport] + ("" if server == "uvicorn" else f", {server}")
+    name = f"saturation, {sizes.saturation_streams} streams x {sizes.saturation_tokens} ({label})"
+    with bench.gateway(server) as gateway:
+        warm_up(bench, gateway, "saturation", transport)
+        legs = [bench.direct("saturation"), bench.sluice(gateway, "saturation", transport)]
+        spec = Spec(
+            legs=legs,
+            concurrency=sizes.saturation_streams,
+            requests=sizes.saturation_requests,
+            expect_tokens=sizes.saturation_tokens,
+        )
+        with measured(gateway) as cost:
+            direct_run, sluice_run = run_load(spec)
+    d, s = report.tokens_per_second(direct_run), report.tokens_per_second(sluice_run)
+    tokens = sum(r["tokens"] for r in sluice_run["records"])
+    per_token = cost.cpu_seconds / max(tokens, 1) * 1e6
+    return [
+        Row(
+            name,
+            "content tokens/s",
+            f"{d:,.0f}",
+            f"{s:,.0f}",
+            f"x{s / d:.2f} ({per_token:.1f} µs gateway CPU/token)",
+            "≥ 20,000 tok/s",
+            s >= 20_000,
+            cost.cpu_seconds,
+            cost.peak_rss_mib,
+            report.errors(direct_run["records"]) + report.errors(sluice_run["records"]),
+        )
+    ]
+
+
+def open_streams(bench: Bench) -> list[Row]:
+    """Many slow streams open at once: the gateway's RSS per open stream."""
+    sizes = bench.sizes
+    count = sizes.open_streams
+    name = f"{count:,} open streams, 1 tok/s (SSE)"
+    with bench.gateway() as gateway:
+        warm_up(bench, gateway, "sequential")
+        spec = Spec(
+            legs=[bench.sluice(gateway, "open")],
+            concurrency=count,
+            requests=count,
+            ramp_seconds=min(2.0, count / 500),
+            expect_tokens=sizes.open_tokens,
+        )
+        with measured(gateway) as cost, RssSampler(gateway.pid) as sampler:
+            (run,) = run_load(spec)
+    records = run["records"]
+    all_open = max(r["started"] + (r["ttft"] or 0) for r in records)
+    first_end = min(r["started"] + r["total"] for r in records)
+    window = sampler.between(all_open, first_end) or [s for _, s in sampler.samples]
+    plateau = report.percentile([float(v) for v in window], 50)
+    per_stream = (plateau - cost.idle_rss_kib) / count
+    return [
+        Row(
+            name,
+            "RSS per open stream (KiB)",
+            "—",
+            f"{per_stream:.1f}",
+            f"idle {cost.idle_rss_kib / 1024:.1f} MiB → {plateau / 1024:.1f} MiB open",
+            "≤ 64 KiB",
+            per_stream <= 64,
+            cost.cpu_seconds,
+            cost.peak_rss_mib,
+            report.errors(records),
+        )
+    ]
+
+
+SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
+    "sequential": sequential,
+    "paced": paced,
+    "saturation": saturation,
+    "saturation-ndjson": lambda bench: saturation(bench, "ndjson"),
+    "saturation-ws": lambda bench: saturation(bench, "ws"),
+    "open": open_streams,
+}

@@ -1,0 +1,212 @@
+"""The stalled-reader scenario: a raw TCP client that stops reading mid-stream.
+
+The client shrinks its receive buffer, sends a streaming request, reads the
+response head and then reads nothing more while the stream produces about
+5 MB. The baseline is the same stream read by a client that keeps up: the
+log is the same size, so the difference in RSS is what a stalled reader
+costs. Then: was the reader cut off after the stall timeout, does another
+reader still get everything, and does RSS fall back once the stream expires?
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+import orjson
+
+from bench.load import LineCounter, Spec
+from bench.report import Row
+from bench.scenarios import Bench, run_load, warm_up
+from bench.stack import cpu_seconds, peak_rss_kib, reset_peak_rss, rss_kib
+
+READER_BUFFER_KIB = 256  # SLUICE["READER_BUFFER_BYTES"] default
+TRANSPORT_KIB = 64  # uvicorn/uvloop write buffer high-water mark
+TCP_ESTABLISHED = 1  # tcp_info.tcpi_state
+
+
+class StalledClient:
+    """Sends one streaming request over a raw socket, then stops reading."""
+
+    def __init__(self, port: int, token: str, model: str) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect(("127.0.0.1", port))
+        body = orjson.dumps(
+            {"model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        )
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + body)
+        self.head = b""
+        while not self.head.endswith(b"\r\n\r\n"):
+            byte = self.sock.recv(1)
+            if not byte:
+                raise RuntimeError("gateway closed the connection before the response head")
+            self.head += byte
+        self.stream_id = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in self.head.split(b"\r\n")
+            if line.lower().startswith(b"x-sluice-stream-id:")
+        )
+
+    def disconnected(self) -> bool:
+        """Whether the gateway has reset or closed its side (checked without reading)."""
+        info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        return info[0] != TCP_ESTABLISHED
+
+    def drain(self, timeout: float = 2.0) -> tuple[bool, int]:
+        """Read what is left: (ended before [DONE]?, bytes read)."""
+        self.sock.settimeout(timeout)
+        data = bytearray()
+        try:
+            while chunk := self.sock.recv(65536):
+                data += chunk
+                if b"[DONE]" in data[-len(chunk) - 8 :]:
+                    break
+        except ConnectionResetError:
+            pass  # the gateway aborted the connection: cut off
+        except TimeoutError:
+            pass  # still open: a keep-alive connection after a complete response
+        finally:
+            self.sock.close()
+        return b"[DONE]" not in data, len(data)
+
+
+def replay(port: int, token: str, stream_id: str) -> tuple[int, int]:
+    """Another reader, from the start: (content tokens, bytes)."""
+    counter = LineCounter()
+    size = 0
+    headers = {"authorization": f"Bearer {token}", "last-event-id": "0"}
+    url = f"http://127.0.0.1:{port}/v1/streams/{stream_id}"
+    with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+        if response.status_code != 200:
+            print(f"replay of {stream_id}: HTTP {response.status_code}", file=sys.stderr)
+        for data in response.iter_raw():
+            size += len(data)
+            counter.feed(data)
+    return counter.tokens, size
+
+
+@dataclass
+class StallFigures:
+    fast_growth: float  # MiB over idle, peak, with a reader that keeps up
+    fast_after: float  # MiB over idle once that stream expired
+    stalled_growth: float
+    stalled_after: float
+    reuse_growth: float  # MiB a second (fast) stream adds once the stalled one expired
+    cut_off: bool
+    client_bytes: int
+    replay_tokens: int
+    log_mib: float
+    cpu_seconds: float
+    peak_rss_mib: float
+
+
+def _env(bench: Bench) -> dict[str, str]:
+    return {
+        "SLUICE_READER_STALL_SECONDS": str(bench.sizes.stall_seconds),
+        "SLUICE_STREAM_TTL_SECONDS": str(bench.sizes.ttl_seconds),
+        "SLUICE_STREAM_ABANDON_SECONDS": "60",
+    }
+
+
+def _fast_stream(bench: Bench, server: str) -> tuple[float, float, float]:
+    """On its own gateway: (peak growth MiB, MiB over idle after expiry, generation s)."""
+    with bench.gateway(server, **_env(bench)) as gateway:
+        pid = gateway.pid
+        warm_up(bench, gateway, "sequential")
+        idle = rss_kib(pid)
+        reset_peak_rss(pid)
+        (fast,) = run_load(Spec(legs=[bench.sluice(gateway, "stalled")], concurrency=1, requests=1))
+        growth = peak_rss_kib(pid) - idle
+        generation = fast["records"][0]["total"]
+        time.sleep(bench.sizes.ttl_seconds + 1.5)
+        after = rss_kib(pid) - idle
+    return growth / 1024, after / 1024, generation
+
+
+def _measure(bench: Bench, server: str) -> StallFigures:
+    stall, ttl = bench.sizes.stall_seconds, bench.sizes.ttl_seconds
+    fast_growth, fast_after, generation = _fast_stream(bench, server)
+    with bench.gateway(server, **_env(bench)) as gateway:
+        pid = gateway.pid
+        warm_up(bench, gateway, "sequential")
+        leg = bench.sluice(gateway, "stalled")
+        cpu0, idle = cpu_seconds(pid), rss_kib(pid)
+        reset_peak_rss(pid)
+        client = StalledClient(gateway.port, bench.token, leg.model)
+        started = time.monotonic()
+        time.sleep(max(1.5 * generation, 0.5) + stall + 0.5)  # ends before the TTL
+        stalled_growth = peak_rss_kib(pid) - idle
+        peak = peak_rss_kib(pid) / 1024
+        cut_off = client.disconnected()
+        _, client_bytes = client.drain()
+        tokens, log_bytes = replay(gateway.port, bench.token, client.stream_id)
+        time.sleep(max(0.0, started + generation + ttl + 1.5 - time.monotonic()))
+        after = rss_kib(pid)
+        run_load(Spec(legs=[leg], concurrency=1, requests=1))
+        reuse_growth = rss_kib(pid) - after
+        cpu = cpu_seconds(pid) - cpu0
+    return StallFigures(
+        fast_growth,
+        fast_after,
+        stalled_growth / 1024,
+        (after - idle) / 1024,
+        reuse_growth / 1024,
+        cut_off,
+        client_bytes,
+        tokens,
+        log_bytes / 2**20,
+        cpu,
+        peak,
+    )
+
+
+def stalled(bench: Bench, server: str = "uvicorn") -> list[Row]:
+    expected = bench.sizes.stalled_tokens
+    f = _measure(bench, server)
+    name = f"stalled reader, {f.log_mib:.1f} MB stream ({server})"
+    cap = (READER_BUFFER_KIB + TRANSPORT_KIB) / 1024
+    extra = f.stalled_growth - f.fast_growth
+    errors = 0 if f.replay_tokens == expected else 1
+    return [
+        Row(
+            name,
+            "peak RSS growth (MiB): fast reader → stalled reader",
+            f"{f.fast_growth:.1f}",
+            f"{f.stalled_growth:.1f}",
+            f"{extra:+.2f} MiB",
+            f"extra ≤ {cap:.2f} MiB cap (+0.5 noise)",
+            extra <= cap + 0.5,
+            f.cpu_seconds,
+            f.peak_rss_mib,
+            errors,
+        ),
+        Row(
+            name,
+            "RSS over idle after the stream expired (MiB)",
+            f"{f.fast_after:.1f}",
+            f"{f.stalled_after:.1f}",
+            f"a 2nd stream after expiry adds {f.reuse_growth:+.1f} MiB (memory reused)",
+            "2nd stream adds ≤ 10% of the 1st",
+            f.reuse_growth <= 0.1 * max(f.stalled_growth, f.fast_growth),
+            errors=errors,
+        ),
+        Row(
+            name,
+            "stalled client cut off; another reader's tokens",
+            "—",
+            f"{'cut off' if f.cut_off else 'not cut off'}; {f.replay_tokens:,} tokens",
+            f"client got {f.client_bytes / 1024:.0f} KiB after it stalled",
+            f"cut off after {bench.sizes.stall_seconds:g} s stall; all {expected:,} tokens",
+            f.cut_off and f.replay_tokens == expected,
+            errors=errors,
+        ),
+    ]

@@ -1,0 +1,149 @@
+"""Mid-stream continuation: carrying on a text answer on another target.
+
+No assistant prefill (newer Anthropic models reject a trailing assistant
+message): the continuation request is the original conversation, the partial
+answer as an assistant turn, then a user turn asking to go on. Models often
+repeat a few words anyway, so ``OverlapTrimmer`` drops the longest suffix of
+the partial answer that the new output starts with. All plain code, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from streaming.providers import ChatRequest
+
+CONTINUE_INSTRUCTION = (
+    "Your previous answer was cut off. Continue exactly where you stopped, "
+    "without repeating anything and without any preamble."
+)
+OVERLAP_WINDOW = 2000  # characters of the partial answer an overlap may span
+
+
+def continuation_request(request: ChatRequest, partial: str, tokens_used: int) -> ChatRequest:
+    """The request that asks another target to carry on after ``partial``."""
+    if not partial:
+        return request
+    messages = [
+        *request.messages,
+        {"role": "assistant", "content": partial},
+        {"role": "user", "content": CONTINUE_INSTRUCTION},
+    ]
+    params = dict(request.params)
+    for name in ("max_tokens", "max_completion_tokens"):
+        limit = params.get(name)
+        if isinstance(limit, int):
+            params[name] = max(1, limit - tokens_used)
+    return ChatRequest(
+        model=request.model,
+        messages=messages,
+        params=params,
+        stream=request.stream,
+        include_usage=request.include_usage,
+    )
+
+
+class OverlapTrimmer:
+    """Feed the new output's text; get back what to show, minus the repeated part.
+
+    Text is held back only while it could still be a repeat of the partial
+    answer's end, usually a token or two.
+    """
+
+    def __init__(self, partial: str) -> None:
+        self._tail = partial[-OVERLAP_WINDOW:]
+        self._held = ""
+        self._decided = not self._tail
+
+    def feed(self, text: str) -> str:
+        if self._decided:
+            return text
+        self._held += text
+        # Some longer suffix of the partial could still start with what we hold.
+        if not self._held or self._held in self._tail[:-1]:
+            return ""
+        return self._decide()
+
+    def flush(self) -> str:
+        """The new output ended (or something other than text came): decide now."""
+        return "" if self._decided else self._decide()
+
+    def _decide(self) -> str:
+        held, tail = self._held, self._tail
+        overlap = next(
+            (k for k in range(min(len(held), len(tail)), 0, -1) if tail.endswith(held[:k])), 0
+        )
+        self._decided = True
+        self._held = ""
+        return held[overlap:]
+
+
+def _delta(body: dict[str, Any]) -> dict[str, Any]:
+    choices = body.get("choices") or ()
+    return (choices[0].get("delta") or {}) if choices else {}
+
+
+@dataclass(slots=True)
+class StreamProgress:
+    """What the client has been sent so far, across attempts."""
+
+    parts: list[str] = field(default_factory=list)  # joined only when a continuation needs it
+    chunks: int = 0
+    tool_call_started: bool = False
+    finished: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def observe(self, body: dict[str, Any]) -> None:
+        self.chunks += 1
+        delta = _delta(body)
+        if delta.get("content"):
+            self.parts.append(delta["content"])
+        if delta.get("tool_calls"):
+            self.tool_call_started = True
+        if any(c.get("finish_reason") for c in body.get("choices") or ()):
+            self.finished = True
+
+    @property
+    def started(self) -> bool:
+        return self.chunks > 0
+
+    def can_continue(self) -> bool:
+        return self.started and not self.tool_call_started and not self.finished
+
+
+class ContinuationFilter:
+    """Rewrites a continuing attempt's chunks so the client's stream reads as one."""
+
+    def __init__(self, partial: str) -> None:
+        self.trimmer = OverlapTrimmer(partial)
+
+    def feed(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunks to send for one upstream chunk (zero, one or two)."""
+        choices = body.get("choices") or []
+        if not choices:
+            return [c for c in (self._text_chunk(self.trimmer.flush()), body) if c]
+        choice = choices[0]
+        delta = {k: v for k, v in (choice.get("delta") or {}).items() if k != "role"}
+        out: list[dict[str, Any]] = []
+        if "content" in delta:
+            delta["content"] = self.trimmer.feed(delta["content"] or "")
+            if not delta["content"]:
+                del delta["content"]
+        if delta.get("tool_calls") or choice.get("finish_reason"):
+            out.append(self._text_chunk(self.trimmer.flush()))
+        if delta or choice.get("finish_reason") or body.get("usage"):
+            out.append({**body, "choices": [{**choice, "delta": delta}, *choices[1:]]})
+        return [chunk for chunk in out if chunk]
+
+    def flush(self) -> list[dict[str, Any]]:
+        return [chunk for chunk in [self._text_chunk(self.trimmer.flush())] if chunk]
+
+    @staticmethod
+    def _text_chunk(text: str) -> dict[str, Any]:
+        if not text:
+            return {}
+        return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}

@@ -1,0 +1,216 @@
+"""The StreamLog's copy in Redis, so another instance can resume a stream.
+
+The producing instance keeps serving its own readers from memory; a
+``RedisMirror`` copies the log to a Redis Stream in small batches, off the
+hot path (one pipeline every SLUICE["REDIS_BATCH_SECONDS"], never one round
+trip per token). Entry ids are ``<seq>-0``, so a reader's cursor is a Redis
+stream id. A ``RemoteStream`` is the view of a stream produced elsewhere:
+replay with XRANGE, then follow with a blocking XREAD on its own connection
+pool (a blocking read holds its connection).
+
+Control: cancelling a stream that runs on another instance is a PUBLISH on
+``sluice:cancel``; every instance listens and cancels its local session. A
+remote reader keeps ``…:readers`` alive so the producer does not abandon a
+stream someone is reading elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import redis.asyncio as redis
+from django.conf import settings
+
+from streaming.log import END, CursorTrimmed, Entry, MemoryStreamLog
+
+logger = logging.getLogger("sluice.redis")
+
+CANCEL_CHANNEL = "sluice:cancel"
+_clients: dict[tuple[asyncio.AbstractEventLoop, str], redis.Redis] = {}
+_listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+
+
+def redis_enabled() -> bool:
+    return bool(settings.REDIS_URL)
+
+
+def redis_client(purpose: str = "default") -> redis.Redis:
+    """A client for this event loop; 'blocking' gets its own pool for XREAD BLOCK."""
+    key = (asyncio.get_running_loop(), purpose)
+    client = _clients.get(key)
+    if client is None:
+        size = 1000 if purpose == "blocking" else 50
+        client = _clients[key] = redis.Redis.from_url(settings.REDIS_URL, max_connections=size)
+    return client
+
+
+async def close_redis_clients() -> None:
+    loop = asyncio.get_running_loop()
+    task = _listeners.pop(loop, None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for key in [k for k in _clients if k[0] is loop]:
+        await _clients.pop(key).aclose()
+
+
+def _keys(stream_id: str) -> tuple[str, str, str]:
+    base = f"sluice:stream:{stream_id}"
+    return f"{base}:log", f"{base}:meta", f"{base}:readers"
+
+
+class RedisMirror:
+    """Copies one session's log to Redis in batches until the log ends."""
+
+    def __init__(self, stream_id: str, log: MemoryStreamLog, *, app_id: int, model: str) -> None:
+        self.stream_id = stream_id
+        self.log = log
+        self.app_id = app_id
+        self.model = model
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        conf = settings.SLUICE
+        _, meta_key, _ = _keys(self.stream_id)
+        client = redis_client()
+        mirrored = 0
+        try:
+            # Running streams keep their keys; the TTL starts when they end.
+            running_ttl = int(conf["STREAM_ABANDON_SECONDS"]) + 24 * 3600
+            await client.hset(
+                meta_key, mapping={"app_id": self.app_id, "model": self.model, "status": "running"}
+            )
+            await client.expire(meta_key, running_ttl)
+            while True:
+                await self.log.wait_after(mirrored)
+                await asyncio.sleep(conf["REDIS_BATCH_SECONDS"])
+                batch = self.log.read_after(mirrored, 1 << 30)
+                mirrored = batch[-1][0]
+                ended = batch[-1][1] == END
+                await self._write(client, batch, ended, running_ttl)
+                if ended:
+                    return
+        except (redis.RedisError, OSError) as error:
+            # Local readers are unaffected; only cross-instance resume is lost.
+            logger.warning(
+                "stream %s: redis mirror failed: %s", self.stream_id, type(error).__name__
+            )
+
+    async def _write(self, client: redis.Redis, batch: list[Entry], ended: bool, ttl: int) -> None:
+        conf = settings.SLUICE
+        log_key, meta_key, _ = _keys(self.stream_id)
+        async with client.pipeline(transaction=False) as pipe:
+            for seq, kind, payload in batch:
+                pipe.xadd(
+                    log_key,
+                    {"k": kind, "d": payload},
+                    id=f"{seq}-0",
+                    maxlen=conf["STREAM_MAX_EVENTS"],
+                    approximate=True,
+                )
+            if ended:
+                pipe.hset(meta_key, "status", "done")
+                pipe.expire(meta_key, conf["STREAM_TTL_SECONDS"])
+                pipe.expire(log_key, conf["STREAM_TTL_SECONDS"])
+            else:
+                pipe.expire(log_key, ttl)
+            await pipe.execute()
+
+
+class RemoteStream:
+    """A stream produced by another instance, read through Redis."""
+
+    def __init__(self, stream_id: str, meta: dict[str, str]) -> None:
+        self.id = stream_id
+        self.app_id = int(meta.get("app_id", "0"))
+        self.finished = meta.get("status") == "done"
+
+    @classmethod
+    async def find(cls, stream_id: str) -> RemoteStream | None:
+        _, meta_key, _ = _keys(stream_id)
+        raw: Any = await redis_client().hgetall(meta_key)
+        if not raw:
+            return None
+        return cls(stream_id, {k.decode(): v.decode() for k, v in raw.items()})
+
+    async def remaining(self, cursor: int) -> bool:
+        """Whether events follow ``cursor``; CursorTrimmed if they are gone."""
+        log_key, _, _ = _keys(self.id)
+        first: Any = await redis_client().xrange(log_key, count=1)
+        last: Any = await redis_client().xrevrange(log_key, count=1)
+        first_seq = _seq(first[0][0]) if first else 1
+        last_seq = _seq(last[0][0]) if last else 0
+        if cursor + 1 < first_seq or (cursor > last_seq and self.finished):
+            raise CursorTrimmed(f"no event {cursor} in this stream")
+        return cursor < last_seq or not self.finished
+
+    async def request_cancel(self) -> None:
+        await redis_client().publish(CANCEL_CHANNEL, self.id)
+
+    async def follow(
+        self, cursor: int, *, resumed: bool, keepalive: float | None = None
+    ) -> AsyncIterator[list[Entry] | None]:
+        """Like reader.follow, over Redis: XREAD from the cursor, blocking when caught up."""
+        log_key, _, readers_key = _keys(self.id)
+        client = redis_client("blocking")
+        max_batch_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
+        block_ms = int((keepalive or 5.0) * 1000)
+        abandon = settings.SLUICE["STREAM_ABANDON_SECONDS"]
+        touched = 0.0
+        count = max(1, max_batch_bytes // 256)
+        while True:
+            if time.monotonic() - touched > abandon / 3:
+                await client.set(readers_key, b"1", ex=max(1, int(abandon)))
+                touched = time.monotonic()
+            reply: Any = await client.xread({log_key: f"{cursor}-0"}, count=count, block=block_ms)
+            if not reply:
+                yield None
+                continue
+            batch = [(_seq(eid), int(f[b"k"]), f[b"d"]) for eid, f in reply[0][1]]
+            if batch[0][0] != cursor + 1:
+                raise CursorTrimmed(f"events after {cursor} are no longer kept")
+            cursor = batch[-1][0]
+            yield batch
+            if batch[-1][1] == END:
+                return
+
+
+def _seq(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+async def remote_reader_active(stream_id: str) -> bool:
+    _, _, readers_key = _keys(stream_id)
+    try:
+        return bool(await redis_client().exists(readers_key))
+    except (redis.RedisError, OSError):
+        return False
+
+
+def ensure_cancel_listener(cancel_local: Callable[[str], None]) -> None:
+    """Start (once per event loop) the listener that cancels local sessions."""
+    loop = asyncio.get_running_loop()
+    task = _listeners.get(loop)
+    if task is None or task.done():
+        _listeners[loop] = loop.create_task(_listen(cancel_local))
+
+
+async def _listen(cancel_local: Callable[[str], None]) -> None:
+    while True:
+        try:
+            pubsub = redis_client().pubsub()
+            await pubsub.subscribe(CANCEL_CHANNEL)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    cancel_local(message["data"].decode())
+        except (redis.RedisError, OSError):
+            await asyncio.sleep(1.0)

@@ -1,0 +1,42 @@
+"""Finding a stream by id: on this instance, or (with Redis) on another one.
+
+Both kinds of handle offer the same reader-facing surface: ``id``,
+``app_id``, ``finished``, ``remaining(cursor)``, ``follow(cursor, ...)`` and
+``request_cancel()``, so the transports do not care where a stream runs.
+"""
+
+from __future__ import annotations
+
+from accounts.identity import AppIdentity
+from streaming.errors import ApiError
+from streaming.log import CursorTrimmed
+from streaming.redis_log import RemoteStream, redis_enabled
+from streaming.session import StreamSession, get_session
+
+StreamHandle = StreamSession | RemoteStream
+
+
+async def find_stream(identity: AppIdentity, stream_id: str) -> StreamHandle:
+    """The stream, if it exists and belongs to this app (404 / 403 otherwise)."""
+    handle: StreamHandle | None = get_session(stream_id)
+    if handle is None and redis_enabled():
+        handle = await RemoteStream.find(stream_id)
+    if handle is None:
+        raise ApiError(
+            404, f"no stream '{stream_id}' (unknown or expired)", code="stream_not_found"
+        )
+    if handle.app_id != identity.app_id:
+        raise ApiError(403, "this stream belongs to another app", code="stream_forbidden")
+    return handle
+
+
+async def check_cursor(handle: StreamHandle, cursor: int) -> bool:
+    """Whether anything follows ``cursor``; 409 if the cursor cannot be resumed from."""
+    try:
+        return await handle.remaining(cursor)
+    except CursorTrimmed:
+        raise ApiError(
+            409,
+            f"event {cursor} is not in this stream; it cannot resume from there",
+            code="cursor_out_of_range",
+        ) from None

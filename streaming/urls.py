@@ -1,0 +1,14 @@
+"""The staff pages, mounted under /admin/sluice/ (see gateway/urls.py)."""
+
+from django.urls import path
+
+from streaming import dashboard
+
+app_name = "sluice"
+
+urlpatterns = [
+    path("dashboard/", dashboard.dashboard_page, name="dashboard"),
+    path("dashboard/feed", dashboard.dashboard_feed, name="dashboard-feed"),
+    path("playground/", dashboard.playground_page, name="playground"),
+    path("playground/ticket", dashboard.playground_ticket, name="playground-ticket"),
+]

@@ -1,0 +1,99 @@
+"""The demo seed and the provider admin: idempotent, keys write-only and encrypted."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from oauth2_provider.models import Application
+
+from streaming.models import ModelRoute, Provider
+
+
+def seed():
+    out = StringIO()
+    call_command("sluice_demo", stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_demo_seed_runs_twice_without_duplicates_and_prints_working_credentials(client):
+    first, second = seed(), seed()
+
+    assert Provider.objects.filter(name="demo").count() == 1
+    assert ModelRoute.objects.get(model="demo").targets.count() == 1
+    assert Application.objects.filter(name="demo-app").count() == 1
+    assert "password '" in first and "password '" not in second
+    client_id = second.split("client_id:")[1].split()[0]
+    secret = second.split("client_secret:")[1].split()[0]
+    response = client.post(
+        "/o/token/",
+        {"grant_type": "client_credentials"},
+        HTTP_AUTHORIZATION=basic(client_id, secret),
+    )
+    assert response.status_code == 200 and response.json()["scope"] == "chat"
+    assert "curl -N" in second and "OpenAI(base_url=" in second
+
+
+def basic(user, password):
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.django_db
+def test_provider_key_is_write_only_in_the_admin_and_encrypted_at_rest(admin_client):
+    response = admin_client.post(
+        "/admin/streaming/provider/add/",
+        {
+            "name": "openai-main",
+            "kind": "openai",
+            "base_url": "https://api.openai.com/v1",
+            "api_key": "sk-live-supersecret",
+            "api_key_env": "",
+            "enabled": "on",
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    provider = Provider.objects.get(name="openai-main")
+    assert provider.resolve_api_key() == "sk-live-supersecret"
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT api_key_encrypted FROM streaming_provider WHERE name = %s", ["openai-main"]
+        )
+        stored = cursor.fetchone()[0]
+    assert "supersecret" not in stored
+
+    page = admin_client.get(f"/admin/streaming/provider/{provider.pk}/change/").content.decode()
+    listing = admin_client.get("/admin/streaming/provider/").content.decode()
+    assert "supersecret" not in page and stored not in page and "supersecret" not in listing
+    assert "stored (encrypted)" in listing
+
+    # Saving without typing a key keeps it; rotating replaces it.
+    form = {
+        "name": "openai-main",
+        "kind": "openai",
+        "base_url": "https://api.openai.com/v1",
+        "api_key": "",
+        "api_key_env": "",
+        "enabled": "on",
+    }
+    admin_client.post(f"/admin/streaming/provider/{provider.pk}/change/", form)
+    assert Provider.objects.get(pk=provider.pk).resolve_api_key() == "sk-live-supersecret"
+    admin_client.post(
+        f"/admin/streaming/provider/{provider.pk}/change/", {**form, "api_key": "sk-rotated"}
+    )
+    assert Provider.objects.get(pk=provider.pk).resolve_api_key() == "sk-rotated"
+
+
+@pytest.mark.django_db
+def test_openai_provider_needs_a_base_url(admin_client):
+    response = admin_client.post(
+        "/admin/streaming/provider/add/",
+        {"name": "no-url", "kind": "openai", "base_url": "", "api_key": "", "enabled": "on"},
+    )
+    assert response.status_code == 200
+    assert not Provider.objects.filter(name="no-url").exists()

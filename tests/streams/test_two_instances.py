@@ -1,0 +1,125 @@
+"""Two gateway processes sharing Redis: start a stream on one, resume it on the other."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests.conftest import unique, wait_for_audit
+from tests.live import GatewayServer, server_env
+from tests.streams.clients import Progress, read_ndjson, read_sse
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not REDIS_URL, reason="needs REDIS_URL (CI sets it)"),
+]
+TOKENS = [f"r{i} " for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def pair(django_db_setup):
+    servers = [GatewayServer(env=server_env(REDIS_URL=REDIS_URL)).start() for _ in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def model(upstream, make_route):
+    upstream_model = unique("pair")
+    upstream.script(upstream_model, tokens=TOKENS, delay=0.04)
+    return make_route(("openai", upstream.base_url, upstream_model)), upstream_model
+
+
+def start_on(server, actor, model, progress, events):
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/chat/completions",
+        headers=actor.headers,
+        json={"model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    ) as response:
+        assert response.status_code == 200
+        progress.stream_id = response.headers["x-sluice-stream-id"]
+        read_sse(response, progress, stop_after=events)
+
+
+def test_sse_started_on_a_resumes_live_on_b(pair, alice, model):
+    a, b = pair
+    progress = Progress()
+    start_on(a, alice, model[0], progress, events=4)
+
+    with httpx.stream(
+        "GET",
+        f"{b.url}/v1/streams/{progress.stream_id}",
+        headers={**alice.headers, "Last-Event-ID": str(progress.cursor)},
+    ) as response:
+        assert response.status_code == 200
+        read_sse(response, progress, None)
+
+    assert progress.done
+    assert progress.content == "".join(TOKENS)
+    assert progress.seqs == list(range(1, len(progress.seqs) + 1))
+
+
+def test_ndjson_and_websocket_resume_on_b_after_the_end(pair, alice, model):
+    a, b = pair
+    progress = Progress()
+    start_on(a, alice, model[0], progress, events=3)
+    wait_for_audit(progress.stream_id)  # the stream has ended on A
+
+    ndjson = Progress(cursor=progress.cursor)
+    with httpx.stream(
+        "GET",
+        f"{b.url}/v1/streams/{progress.stream_id}?after={progress.cursor}",
+        headers={**alice.headers, "Accept": "application/x-ndjson"},
+    ) as response:
+        read_ndjson(response, ndjson, None)
+    ws_progress = Progress(cursor=progress.cursor)
+    with connect(b.url.replace("http", "ws") + "/v1/ws", additional_headers=alice.headers) as ws:
+        ws.send(
+            json.dumps(
+                {"type": "stream.resume", "stream_id": progress.stream_id, "after": progress.cursor}
+            )
+        )
+        while not ws_progress.done:
+            message = json.loads(ws.recv(timeout=10))
+            if message["type"] == "stream.done":
+                ws_progress.done = True
+            else:
+                ws_progress.take_chunk(message["seq"], message["chunk"])
+
+    expected_rest = "".join(TOKENS)[len(progress.content) :]
+    assert ndjson.done and ndjson.content == expected_rest
+    assert ws_progress.content == expected_rest
+
+
+def test_delete_on_b_cancels_the_stream_running_on_a(pair, alice, model, upstream):
+    a, b = pair
+    progress = Progress()
+    start_on(a, alice, model[0], progress, events=2)
+    time.sleep(0.1)  # let A mirror the stream to Redis
+
+    response = httpx.delete(f"{b.url}/v1/streams/{progress.stream_id}", headers=alice.headers)
+
+    assert response.status_code == 200 and response.json()["cancelled"] is True
+    assert upstream.wait_open_requests(0, timeout=2.0)
+    assert wait_for_audit(progress.stream_id).outcome == "cancelled"
+
+
+def test_b_applies_ownership_and_404(pair, alice, bob, model):
+    a, b = pair
+    progress = Progress()
+    start_on(a, alice, model[0], progress, events=1)
+    time.sleep(0.1)
+    url = f"{b.url}/v1/streams/{progress.stream_id}"
+    assert httpx.get(url, headers=bob.headers).status_code == 403
+    assert (
+        httpx.get(f"{b.url}/v1/streams/chatcmpl-missing", headers=alice.headers).status_code == 404
+    )
