@@ -20,6 +20,7 @@ the defence against floods.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import threading
@@ -199,11 +200,26 @@ async def _resolve(key: str, load: Any, arg: Any) -> AppIdentity:
     identity = _cache_get(key)
     if identity is not None:
         return identity
-    generation = _generation
-    result = await load(arg)
+    # One lookup per key at a time: a burst of requests with a token this
+    # process has not seen yet waits for one query, not one each.
+    loading = _loading.get(key)
+    if loading is None:
+        loading = _loading[key] = asyncio.ensure_future(_load_and_cache(key, load, arg))
+        loading.add_done_callback(lambda _: _loading.pop(key, None))
+    result = await asyncio.shield(loading)
     if isinstance(result, AuthError):
         raise result
-    _cache_put(key, result, generation)
+    return result
+
+
+_loading: dict[str, asyncio.Future[AppIdentity | AuthError]] = {}
+
+
+async def _load_and_cache(key: str, load: Any, arg: Any) -> AppIdentity | AuthError:
+    generation = _generation
+    result: AppIdentity | AuthError = await load(arg)
+    if not isinstance(result, AuthError):
+        _cache_put(key, result, generation)
     return result
 
 

@@ -11,6 +11,7 @@ within SLUICE["CONFIG_CACHE_SECONDS"].
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -162,16 +163,28 @@ async def resolve_route(model: str) -> ResolvedRoute | None:
     """The enabled route for a public model name, or None."""
     if settings.REDIS_URL:
         await _check_config_version()
-    now = time.monotonic()
     hit = _routes.get(model)
-    if hit is not None and hit[0] > now:
+    if hit is not None and hit[0] > time.monotonic():
         return hit[1]
+    # One load per model at a time: a burst of requests after a miss waits for
+    # the same query instead of queueing one each on the database thread.
+    loading = _loading.get(model)
+    if loading is None:
+        loading = _loading[model] = asyncio.ensure_future(_load_and_cache(model))
+        loading.add_done_callback(lambda _: _loading.pop(model, None))
+    return await asyncio.shield(loading)
+
+
+_loading: dict[str, asyncio.Future[ResolvedRoute | None]] = {}
+
+
+async def _load_and_cache(model: str) -> ResolvedRoute | None:
     generation = _generation[0]
     route = await database_sync_to_async(_load_route)(model)
     if generation == _generation[0]:
         if len(_routes) > 10_000:
             _routes.clear()
-        _routes[model] = (now + settings.SLUICE["CONFIG_CACHE_SECONDS"], route)
+        _routes[model] = (time.monotonic() + settings.SLUICE["CONFIG_CACHE_SECONDS"], route)
     return route
 
 
