@@ -25,7 +25,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from streaming.providers.base import UpstreamTarget
+from streaming.providers.base import TARGET_FAILURES, UpstreamTarget
 
 logger = logging.getLogger("sluice.breaker")
 
@@ -109,16 +109,7 @@ def on_success(state: BreakerState) -> BreakerState:
 
 def counts_as_failure(error_class: str) -> bool:
     """Failures that say the target is unhealthy (not the request's fault)."""
-    return error_class in {
-        "connect_error",
-        "timeout",
-        "first_token_timeout",
-        "stall",
-        "rate_limited",
-        "server_error",
-        "protocol_error",
-        "provider_error",
-    }
+    return error_class in TARGET_FAILURES
 
 
 def breaker_key(target: UpstreamTarget) -> str:

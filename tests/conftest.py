@@ -24,6 +24,31 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{next(_names)}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _release_test_database(
+    request: pytest.FixtureRequest, django_db_blocker: Any
+) -> Iterator[None]:
+    """Let pytest-django drop the PostgreSQL test database at the end.
+
+    Threads of this process (Channels' database thread, the audit writer) keep
+    their own connections, which DROP DATABASE refuses to run beside. This
+    fixture depends on django_db_setup, so its teardown runs just before.
+    """
+    request.getfixturevalue("django_db_setup")
+    yield
+    from django.db import connection
+
+    name = connection.settings_dict["NAME"]
+    if connection.vendor != "postgresql" or not str(name).startswith("test_"):
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    connection.close()
+
+
 @pytest.fixture
 def live_db(transactional_db: None) -> None:
     """Committed test data that gateway server processes can see.

@@ -46,6 +46,22 @@ class ChatRequest:
     include_usage: bool = False
 
 
+# Failures that say the target is unhealthy (not the request's fault): worth
+# retrying elsewhere, and counted by the circuit breaker.
+TARGET_FAILURES = frozenset(
+    {
+        "connect_error",
+        "timeout",
+        "first_token_timeout",
+        "stall",
+        "rate_limited",
+        "server_error",
+        "protocol_error",
+        "provider_error",
+    }
+)
+
+
 class UpstreamError(Exception):
     """An upstream failed. ``error_class`` is a short, bounded label.
 
@@ -72,16 +88,7 @@ class UpstreamError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.error_class in {
-            "connect_error",
-            "timeout",
-            "first_token_timeout",
-            "stall",
-            "rate_limited",
-            "server_error",
-            "protocol_error",
-            "provider_error",
-        }
+        return self.error_class in TARGET_FAILURES
 
 
 class ProviderAdapter(ABC):

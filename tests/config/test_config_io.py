@@ -100,6 +100,18 @@ def test_bad_files_are_refused_with_a_clear_message_and_change_nothing(tmp_path,
     assert not Provider.objects.exists() and not ModelRoute.objects.exists()
 
 
+def manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` in a fresh process with exactly this environment."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_production_settings_fail_closed_without_secrets(tmp_path):
     env = {
         k: v
@@ -107,26 +119,12 @@ def test_production_settings_fail_closed_without_secrets(tmp_path):
         if k not in ("SECRET_KEY", "SLUICE_ENCRYPTION_KEY", "SLUICE_DEV")
     }
     env.update(DJANGO_SETTINGS_MODULE="gateway.settings", SLUICE_VAR_DIR=str(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = manage_check(env)
     assert result.returncode != 0
     assert "SECRET_KEY is not set" in result.stderr
 
     env["SLUICE_DEV"] = "1"
-    dev = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    dev = manage_check(env)
     assert dev.returncode == 0, dev.stderr
     assert (tmp_path / "dev-secrets.json").exists()
 
@@ -139,13 +137,6 @@ def test_a_bad_setting_value_is_a_clear_error(tmp_path):
         "SLUICE_VAR_DIR": str(tmp_path),
         "SLUICE_STREAM_TTL_SECONDS": "ten",
     }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = manage_check(env)
     assert result.returncode != 0
     assert "SLUICE_STREAM_TTL_SECONDS must be an integer" in result.stderr

@@ -351,8 +351,16 @@ class FakeUpstream:
         if fault == "die":
             # Abort mid-body: the chunked encoding never terminates, as when a
             # provider's load balancer drops the connection.
-            if request.transport is not None:
-                request.transport.abort()
+            transport = request.transport
+            if transport is not None:
+                # abort() drops unsent bytes, and a reset can discard what the
+                # client has not read yet: let the tokens written so far arrive.
+                for _ in range(200):
+                    if transport.get_write_buffer_size() == 0:
+                        break
+                    await asyncio.sleep(0.001)
+                await asyncio.sleep(0.05)
+                transport.abort()
             raise asyncio.CancelledError
         if frame is not None:
             await response.write(frame)

@@ -72,6 +72,7 @@ def test_a_lost_probe_expires():
 @pytest.fixture
 def clock(monkeypatch, settings):
     settings.SLUICE = {**settings.SLUICE, "BREAKER_FAILURES": 2, "BREAKER_COOLDOWN_SECONDS": 5}
+    settings.REDIS_URL = ""  # the in-process board (CI runs with Redis configured)
     now = [1000.0]
     board = MemoryBreakers()
     board.clock = lambda: now[0]
