@@ -174,21 +174,12 @@ def fetch_token(base_url: str, client_id: str, secret: str) -> str:
 
 # -- processes ----------------------------------------------------------------
 SERVERS = {
+    # The production command (uvicorn, uvloop, httptools), as `make serve` runs it.
     "uvicorn": [
-        "-m",
-        "uvicorn",
-        "gateway.asgi:application",
+        "manage.py",
+        "sluice_serve",
         "--host",
         "127.0.0.1",
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--ws",
-        "websockets-sansio",
-        "--lifespan",
-        "on",
-        "--no-access-log",
         "--log-level",
         "warning",
         "--port",

@@ -44,7 +44,6 @@ class GatewayServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     scheme: str = "http"
-    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -52,26 +51,16 @@ class GatewayServer:
 
     def start(self, timeout: float = 30.0) -> GatewayServer:
         log = open(Path(self.env["SLUICE_VAR_DIR"]) / f"gateway-{self.port}.log", "wb")  # noqa: SIM115
+        # The production command itself (uvicorn with uvloop and httptools).
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "uvicorn",
-                "gateway.asgi:application",
+                "manage.py",
+                "sluice_serve",
                 "--host",
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--ws",
-                "websockets-sansio",
-                "--lifespan",
-                "on",
-                "--no-access-log",
-                *self.extra_args,
             ],
             cwd=ROOT,
             env=self.env,
