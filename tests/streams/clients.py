@@ -86,6 +86,19 @@ def read_ndjson(response: httpx.Response, progress: Progress, stop_after: int | 
             return
 
 
+def start_sse(base: str, headers: dict[str, str], model: str, stop_after: int) -> Progress:
+    """POST a streaming chat request and read ``stop_after`` events, then hang up."""
+    progress = Progress()
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream(
+        "POST", f"{base}/v1/chat/completions", headers=headers, json=body, timeout=20
+    ) as response:
+        assert response.status_code == 200, response.read()
+        progress.stream_id = response.headers["x-sluice-stream-id"]
+        read_sse(response, progress, stop_after)
+    return progress
+
+
 def http_attempt(
     base: str,
     headers: dict[str, str],

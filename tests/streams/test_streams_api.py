@@ -10,7 +10,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import unique, wait_for_audit
-from tests.streams.clients import Progress, read_ndjson, read_sse
+from tests.streams.clients import Progress, read_ndjson, read_sse, start_sse
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
 
@@ -218,15 +218,8 @@ def test_websocket_ticket_as_subprotocol(gateway, alice, demo_model):
 
 def test_disconnect_does_not_stop_generation_and_resume_gets_the_rest(gateway, alice, slow_model):
     model, _ = slow_model
-    progress = Progress()
-    with httpx.stream(
-        "POST",
-        f"{gateway.url}/v1/chat/completions",
-        headers=alice.headers,
-        json={"model": model, "stream": True, **CHAT},
-    ) as response:
-        stream_id = response.headers["x-sluice-stream-id"]
-        read_sse(response, progress, stop_after=3)
+    progress = start_sse(gateway.url, alice.headers, model, stop_after=3)
+    stream_id = progress.stream_id
     time.sleep(1.0)  # the client is away; the generation goes on
 
     with httpx.stream(
@@ -247,14 +240,7 @@ def test_abandoned_stream_is_cancelled_upstream(gateway, alice, upstream, make_r
     upstream_model = unique("long")
     upstream.script(upstream_model, tokens=[f"w{i} " for i in range(400)], delay=0.02)
     model = make_route(("openai", upstream.base_url, upstream_model))
-    with httpx.stream(
-        "POST",
-        f"{gateway.url}/v1/chat/completions",
-        headers=alice.headers,
-        json={"model": model, "stream": True, **CHAT},
-    ) as response:
-        stream_id = response.headers["x-sluice-stream-id"]
-        read_sse(response, Progress(), stop_after=2)
+    stream_id = start_sse(gateway.url, alice.headers, model, stop_after=2).stream_id
 
     # The test gateway abandons after 2 s without a reader; the upstream would run 8 s.
     assert upstream.wait_open_requests(0, timeout=5.0)

@@ -12,7 +12,7 @@ from websockets.sync.client import connect
 
 from tests.conftest import unique, wait_for_audit
 from tests.live import GatewayServer, server_env
-from tests.streams.clients import Progress, read_ndjson, read_sse
+from tests.streams.clients import Progress, read_ndjson, read_sse, start_sse
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 pytestmark = [
@@ -38,22 +38,9 @@ def model(upstream, make_route):
     return make_route(("openai", upstream.base_url, upstream_model)), upstream_model
 
 
-def start_on(server, actor, model, progress, events):
-    with httpx.stream(
-        "POST",
-        f"{server.url}/v1/chat/completions",
-        headers=actor.headers,
-        json={"model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]},
-    ) as response:
-        assert response.status_code == 200
-        progress.stream_id = response.headers["x-sluice-stream-id"]
-        read_sse(response, progress, stop_after=events)
-
-
 def test_sse_started_on_a_resumes_live_on_b(pair, alice, model):
     a, b = pair
-    progress = Progress()
-    start_on(a, alice, model[0], progress, events=4)
+    progress = start_sse(a.url, alice.headers, model[0], stop_after=4)
 
     with httpx.stream(
         "GET",
@@ -70,8 +57,7 @@ def test_sse_started_on_a_resumes_live_on_b(pair, alice, model):
 
 def test_ndjson_and_websocket_resume_on_b_after_the_end(pair, alice, model):
     a, b = pair
-    progress = Progress()
-    start_on(a, alice, model[0], progress, events=3)
+    progress = start_sse(a.url, alice.headers, model[0], stop_after=3)
     wait_for_audit(progress.stream_id)  # the stream has ended on A
 
     ndjson = Progress(cursor=progress.cursor)
@@ -102,8 +88,7 @@ def test_ndjson_and_websocket_resume_on_b_after_the_end(pair, alice, model):
 
 def test_delete_on_b_cancels_the_stream_running_on_a(pair, alice, model, upstream):
     a, b = pair
-    progress = Progress()
-    start_on(a, alice, model[0], progress, events=2)
+    progress = start_sse(a.url, alice.headers, model[0], stop_after=2)
     time.sleep(0.1)  # let A mirror the stream to Redis
 
     response = httpx.delete(f"{b.url}/v1/streams/{progress.stream_id}", headers=alice.headers)
@@ -115,8 +100,7 @@ def test_delete_on_b_cancels_the_stream_running_on_a(pair, alice, model, upstrea
 
 def test_b_applies_ownership_and_404(pair, alice, bob, model):
     a, b = pair
-    progress = Progress()
-    start_on(a, alice, model[0], progress, events=1)
+    progress = start_sse(a.url, alice.headers, model[0], stop_after=1)
     time.sleep(0.1)
     url = f"{b.url}/v1/streams/{progress.stream_id}"
     assert httpx.get(url, headers=bob.headers).status_code == 403
