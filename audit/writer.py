@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import close_old_connections, connections
+from django.db import connections
 
 from audit.records import AuditEntry
 
@@ -181,7 +181,9 @@ class AuditWriter:
         return False
 
     def _try_write(self, entries: Sequence[AuditEntry]) -> bool:
-        close_old_connections()
+        # The thread keeps its connection between batches (opening one cost
+        # more than writing a batch); a broken one fails the write, is closed
+        # here, and the retry opens a new one.
         try:
             self._write(entries)
         except Exception as exc:
@@ -191,7 +193,6 @@ class AuditWriter:
             )
             connections.close_all()
             return False
-        close_old_connections()
         return True
 
     def _give_up(self, entry: AuditEntry) -> None:

@@ -157,13 +157,19 @@ async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse
         return await _complete(request, identity, chat)
     protocol = "ndjson" if request.accepts("application/x-ndjson") else "sse"
     session = await _start(request, identity, chat, protocol)
+    response = _stream_response(session, request, 0, resumed=False)
+
     # Hold the headers until the first event, so a failure before any token
     # is an HTTP error status instead of a 200 with an error inside.
-    first = asyncio.ensure_future(session.log.wait_after(0))
-    await _wait_or_cancel(session, request, first)
-    if session.log.read_after(0, 1)[0][1] == ERROR:
-        return _error_response(session)
-    return _stream_response(session, request, 0, resumed=False)
+    async def first_event() -> JsonResponse | None:
+        await session.log.wait_after(0)
+        if session.log.read_after(0, 1)[0][1] == ERROR:
+            return _error_response(session)
+        return None
+
+    response.hold = first_event
+    response.on_gone = lambda: session.cancel("client_disconnected")
+    return response
 
 
 async def _complete(request: ApiRequest, identity: AppIdentity, chat: ChatRequest) -> JsonResponse:

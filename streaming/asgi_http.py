@@ -23,6 +23,7 @@ from django.conf import settings
 
 from streaming.errors import ApiError
 from streaming.logging import bind, request_id
+from streaming.reader import SendWatch
 
 logger = logging.getLogger("sluice.http")
 
@@ -72,46 +73,89 @@ class JsonResponse:
 
 @dataclass(slots=True)
 class StreamResponse:
-    """Sends each chunk of ``body`` as soon as it is produced."""
+    """Sends each chunk of ``body`` as soon as it is produced.
+
+    With ``hold``, the status line waits until ``hold()`` returns: None to
+    stream, or a JsonResponse to send instead (a failure before the first
+    event becomes an HTTP error). ``on_gone`` runs if the client leaves
+    while the response is held.
+
+    The body is pumped in the request's own task, so the first event reaches
+    the socket in the same step that learns of it; a watcher task cancels
+    that task when the client disconnects.
+    """
 
     body: AsyncIterator[bytes]
     content_type: bytes
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    hold: Callable[[], Awaitable[JsonResponse | None]] | None = None
+    on_gone: Callable[[], None] | None = None
 
     async def send(self, send: Send, receive: Receive) -> None:
-        headers = [(b"content-type", self.content_type), *STREAM_HEADERS]
-        headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (pump, watch):
+        task = asyncio.current_task()
+        assert task is not None
+        started = False
+        gone = False
+
+        def client_left(watch: asyncio.Future[None]) -> None:
+            nonlocal gone
+            if not watch.cancelled() and watch.exception() is None:
+                gone = True
                 task.cancel()
-            for task in (pump, watch):
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
+
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        watch.add_done_callback(client_left)
+        try:
+            if self.hold is not None:
+                instead = await self.hold()
+                if instead is not None:
+                    await instead.send(send, receive)
+                    return
+            headers = [(b"content-type", self.content_type), *STREAM_HEADERS]
+            headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
+            await send({"type": "http.response.start", "status": self.status, "headers": headers})
+            started = True
+            await self._pump(send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+            if not started and self.on_gone is not None:
+                self.on_gone()
+        except OSError:
+            pass  # the connection broke under a send
+        finally:
+            watch.remove_done_callback(client_left)
+            watch.cancel()
+            if not started:
+                await _close(self.body)
 
     async def _pump(self, send: Send) -> None:
-        stall = settings.SLUICE["READER_STALL_SECONDS"]
+        # A reader that cannot take data for READER_STALL_SECONDS is cut off; it can resume.
+        watch = SendWatch(settings.SLUICE["READER_STALL_SECONDS"])
         body = self.body
         try:
             async for data in body:
-                # A reader that cannot take data for this long is cut off; it can resume.
-                try:
-                    async with asyncio.timeout(stall):
-                        await send({"type": "http.response.body", "body": data, "more_body": True})
-                except TimeoutError:
-                    logger.info("reader stalled for %ss: disconnecting it", stall)
-                    abort_connection(send)
-                    return
+                watch.sending()
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+                watch.sent()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise
+            watch.task.uncancel()
+            logger.info("reader stalled for %ss: disconnecting it", watch.limit)
+            abort_connection(send)
         finally:
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            watch.cancel()
+            await _close(body)
+
+
+async def _close(body: AsyncIterator[bytes]) -> None:
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def abort_connection(send: Send) -> None:

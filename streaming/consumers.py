@@ -22,6 +22,7 @@ from accounts.identity import AppIdentity, AuthError, authenticate
 from streaming import metrics, wire
 from streaming.errors import ApiError
 from streaming.logging import bind, request_id
+from streaming.reader import SendWatch
 from streaming.routes import resolve_route
 from streaming.schema import parse_chat_request
 from streaming.session import StreamSession
@@ -140,21 +141,29 @@ class StreamConsumer(AsyncWebsocketConsumer):
             del self.readers[stream_id]
 
     async def _relay(self, handle: StreamHandle, cursor: int, resumed: bool) -> None:
-        stall = settings.SLUICE["READER_STALL_SECONDS"]
+        # A socket that cannot take a batch for READER_STALL_SECONDS is cut; it can resume.
+        watch = SendWatch(settings.SLUICE["READER_STALL_SECONDS"])
         try:
             with metrics.ReaderTracker("ws", handle, cursor, resumed=resumed) as reader:
-                async for batch in handle.follow(cursor, resumed=resumed):
-                    frames = wire.ws_messages(handle.id, batch or ())
-                    reader.sent += sum(map(len, frames))
-                    # A socket that cannot take a batch for this long is cut; it can resume.
-                    # One timer per batch and the raw ASGI send: per frame, both cost
-                    # more than the frame.
-                    async with asyncio.timeout(stall):
+                try:
+                    async for batch in handle.follow(cursor, resumed=resumed):
+                        frames = wire.ws_messages(handle.id, batch or ())
+                        reader.sent += sum(map(len, frames))
+                        # The raw ASGI send: per frame, the consumer's own cost more than the frame.
+                        watch.sending()
                         for frame in frames:
                             await self.base_send({"type": "websocket.send", "text": frame})
+                        watch.sent()
+                except asyncio.CancelledError:
+                    if watch.fired:
+                        raise TimeoutError from None  # counted as a slow client
+                    raise
         except TimeoutError:
+            watch.task.uncancel()
             with contextlib.suppress(Exception):
                 await self.close(code=4008)
+        finally:
+            watch.cancel()
 
     async def _error(self, error: ApiError, message: dict[str, Any]) -> None:
         payload = {

@@ -33,13 +33,13 @@ class LogLimits:
 
 
 class MemoryStreamLog:
-    """The in-process log: a list, plus an event readers wait on."""
+    """The in-process log: a list, plus the futures of the readers waiting on it."""
 
-    __slots__ = ("_changed", "_entries", "bytes", "ended", "limits")
+    __slots__ = ("_entries", "_waiters", "bytes", "ended", "limits")
 
     def __init__(self, limits: LogLimits) -> None:
         self._entries: list[Entry] = []
-        self._changed = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
         self.limits = limits
         self.bytes = 0
         self.ended = False
@@ -65,8 +65,11 @@ class MemoryStreamLog:
         self.bytes += len(payload)
         if kind == END:
             self.ended = True
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         return seq
 
     def read_after(self, cursor: int, max_bytes: int) -> list[Entry]:
@@ -82,7 +85,21 @@ class MemoryStreamLog:
                 break
         return out
 
+    def next_append(self) -> asyncio.Future[None]:
+        """A future resolved by the next append (already resolved once the log ended).
+
+        Whoever holds it may also resolve it early to wake its reader (a keep-alive).
+        """
+        waiter = asyncio.get_running_loop().create_future()
+        if self.ended:
+            waiter.set_result(None)
+            return waiter
+        if len(self._waiters) > 16:  # woken early or cancelled, while no append came
+            self._waiters = [w for w in self._waiters if not w.done()]
+        self._waiters.append(waiter)
+        return waiter
+
     async def wait_after(self, cursor: int) -> None:
         """Return once there is an event after ``cursor`` (or the log ended)."""
         while len(self._entries) <= cursor and not self.ended:
-            await self._changed.wait()
+            await self.next_append()

@@ -117,14 +117,29 @@ RESUMES = Counter("sluice_resumes", "Readers that resumed a stream from a cursor
 REPLAYED = Counter("sluice_replayed_events", "Events replayed to resuming readers.", ["transport"])
 
 
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: label values are few (routes,
+    providers, transports), and ``labels()`` validated and locked on every call."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        if len(_children) > 10_000:  # label values are bounded; this is only a backstop
+            _children.clear()
+        found = _children[key] = metric.labels(*labels)
+    return found
+
+
 def _provider(session: StreamSession) -> str:
     attempts = session.audit.attempts
     return attempts[-1].provider if attempts else "none"
 
 
 def stream_started(session: StreamSession) -> None:
-    STREAMS_ACTIVE.labels(session.audit.protocol).inc()
-    STREAMS_STARTED.labels(session.route.model, session.audit.protocol).inc()
+    child(STREAMS_ACTIVE, session.audit.protocol).inc()
+    child(STREAMS_STARTED, session.route.model, session.audit.protocol).inc()
     livestats.ensure_ticker()
 
 
@@ -133,12 +148,12 @@ def first_token(session: StreamSession) -> None:
     audit = session.audit
     route, provider = session.route.model, _provider(session)
     total = (audit.ttft_ms or 0.0) / 1000
-    TTFT.labels(route, provider).observe(total)
+    child(TTFT, route, provider).observe(total)
     attempt = audit.attempts[-1] if audit.attempts else None
     if attempt is not None and attempt.first_token_at is not None:
         upstream = max(0.0, attempt.first_token_at - attempt.started_at)
-        UPSTREAM_TTFT.labels(route, provider).observe(upstream)
-        GATEWAY_TTFT.labels(route, provider).observe(max(0.0, total - upstream))
+        child(UPSTREAM_TTFT, route, provider).observe(upstream)
+        child(GATEWAY_TTFT, route, provider).observe(max(0.0, total - upstream))
     livestats.STATS.record_ttft(total)
 
 
@@ -146,16 +161,16 @@ def stream_ended(session: StreamSession) -> None:
     """Once per stream, from its finished audit entry."""
     audit = session.audit
     route, provider = session.route.model, _provider(session)
-    STREAMS_ACTIVE.labels(audit.protocol).dec()
-    STREAM_DURATION.labels(route, provider, audit.outcome).observe(
+    child(STREAMS_ACTIVE, audit.protocol).dec()
+    child(STREAM_DURATION, route, provider, audit.outcome).observe(
         (audit.duration_ms or 0.0) / 1000
     )
     chunks = stream_chunks(session)
     tokens = relayed_tokens(audit.usage, chunks)
     if tokens:
-        TOKENS.labels(route, provider, session.identity.name).inc(tokens)
+        child(TOKENS, route, provider, session.identity.name).inc(tokens)
     if audit.outcome == "abandoned":
-        ABANDONED.labels(route).inc()
+        child(ABANDONED, route).inc()
     _count_attempts(audit.attempts)
     livestats.STATS.record_end(chunks, audit.attempts)
 
@@ -172,19 +187,19 @@ def relayed_tokens(usage: dict[str, Any], chunks: int) -> int:
 
 def _count_attempts(attempts: list[Any]) -> None:
     for attempt in attempts:
-        UPSTREAM_ATTEMPTS.labels(attempt.provider).inc()
+        child(UPSTREAM_ATTEMPTS, attempt.provider).inc()
         if attempt.outcome == "failed":
-            UPSTREAM_ERRORS.labels(attempt.provider, attempt.error_class or "unknown").inc()
+            child(UPSTREAM_ERRORS, attempt.provider, attempt.error_class or "unknown").inc()
     for provider, kind, phase in livestats.attempt_steps(attempts):
         if kind == "retry":
-            RETRIES.labels(provider).inc()
+            child(RETRIES, provider).inc()
         else:
-            FALLBACKS.labels(provider, phase).inc()
+            child(FALLBACKS, provider, phase).inc()
 
 
 def breaker_state(provider: str, state: str) -> None:
     """Set a provider's circuit-breaker gauge: 'closed', 'half_open' or 'open'."""
-    BREAKER.labels(provider).set(BREAKER_STATES[state])
+    child(BREAKER, provider).set(BREAKER_STATES[state])
     livestats.STATS.breakers[provider] = state
 
 
@@ -217,23 +232,23 @@ class ReaderTracker:
         self.handle = handle
         self.sent = 0
         self._open = True
-        CONNECTIONS_OPENED.labels(transport).inc()
-        CONNECTIONS_ACTIVE.labels(transport).inc()
+        child(CONNECTIONS_OPENED, transport).inc()
+        child(CONNECTIONS_ACTIVE, transport).inc()
         if resumed:
-            RESUMES.labels(transport).inc()
+            child(RESUMES, transport).inc()
             replayed = _produced(handle) - cursor
             if replayed > 0:
-                REPLAYED.labels(transport).inc(replayed)
+                child(REPLAYED, transport).inc(replayed)
 
     def close(self, reason: str) -> None:
         """Count the close once; later calls are ignored."""
         if not self._open:
             return
         self._open = False
-        CONNECTIONS_ACTIVE.labels(self.transport).dec()
-        CONNECTIONS_CLOSED.labels(self.transport, reason).inc()
+        child(CONNECTIONS_ACTIVE, self.transport).dec()
+        child(CONNECTIONS_CLOSED, self.transport, reason).inc()
         if self.sent:
-            BYTES_SENT.labels(self.transport).inc(self.sent)
+            child(BYTES_SENT, self.transport).inc(self.sent)
 
     def __enter__(self) -> ReaderTracker:
         return self

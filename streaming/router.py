@@ -28,7 +28,7 @@ from streaming.breaker import breaker_key, breakers, counts_as_failure
 from streaming.continuation import ContinuationFilter, StreamProgress, continuation_request
 from streaming.providers import ChatRequest, UpstreamError, UpstreamTarget, adapter_for
 from streaming.routes import ResolvedRoute, RoutePolicy, TargetChoice
-from streaming.upstream import upstream_client
+from streaming.upstream import upstream_pool
 
 # Waiting longer than this for one target's Retry-After is worse than moving on.
 MAX_RETRY_AFTER = 30.0
@@ -47,6 +47,10 @@ FAILURE_KINDS = {
 }
 
 
+# Seeding a new Random per request read os.urandom every time.
+_rng = random.Random()
+
+
 class RouteExhausted(UpstreamError):
     """No target could be tried (none enabled, or every circuit open)."""
 
@@ -63,7 +67,7 @@ def weighted_order(choices: Sequence[TargetChoice], rng: random.Random) -> list[
 
 def plan_attempts(route: ResolvedRoute, rng: random.Random | None = None) -> list[UpstreamTarget]:
     """The upstream calls to try, in order."""
-    rng = rng or random.Random()
+    rng = rng or _rng
     ordered: list[TargetChoice] = []
     by_priority = sorted(route.targets, key=lambda c: c.priority)
     for _, tier in groupby(by_priority, key=lambda c: c.priority):
@@ -81,7 +85,7 @@ def backoff_delay(policy: RoutePolicy, retry: int, error: UpstreamError) -> floa
 
 
 # -- one upstream call ------------------------------------------------------
-def _has_output(body: dict[str, Any]) -> bool:
+def has_output(body: dict[str, Any]) -> bool:
     for choice in body.get("choices") or ():
         delta = choice.get("delta") or {}
         if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
@@ -127,13 +131,13 @@ async def upstream_attempt(
     # and is noticed at most ``slack`` late.
     slack = min(1.0, policy.stall_timeout / 4)
     moved_at = -slack
-    stream = adapter_for(target.kind).stream(upstream_client(), target, request)
+    stream = adapter_for(target.kind).stream(upstream_pool(), target, request)
     async with aclosing(stream):
         try:
             async with asyncio.timeout(policy.first_token_timeout) as deadline:
                 async for body in stream:
                     if record.first_token_at is None:
-                        if not _has_output(body):
+                        if not has_output(body):
                             held.append(body)
                             continue
                         _check_refusal(body, policy)
@@ -288,11 +292,11 @@ async def probe_target(target: UpstreamTarget) -> float:
         model=target.model, messages=[{"role": "user", "content": "ping"}], params={"max_tokens": 1}
     )
     started = time.perf_counter()
-    stream = adapter_for(target.kind).stream(upstream_client(), target, request)
+    stream = adapter_for(target.kind).stream(upstream_pool(), target, request)
     try:
         async with aclosing(stream), asyncio.timeout(PROBE_TIMEOUT):
             async for body in stream:
-                if _has_output(body):
+                if has_output(body):
                     break
     except TimeoutError:
         raise UpstreamError("no answer within 15 s", error_class="timeout") from None

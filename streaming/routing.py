@@ -1,29 +1,55 @@
-"""URL patterns for the hot streaming routes (served outside Django's view stack)."""
+"""Routing for the hot streaming endpoints (served outside Django's view stack).
+
+HTTP: ``/v1/...`` goes to its ASGI endpoint through one dict lookup (plus
+one regex for ``/v1/streams/<id>``); Channels' URLRouter, which walks
+Django URL patterns and copies the scope, cost more per request than
+authenticating it. Everything else (admin, /o/, /metrics, pages) goes to
+Django. WebSocket connections are rarer and long-lived: Channels routes them.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from django.urls import URLPattern, path, re_path
+from django.urls import URLPattern, path
 
 from streaming import api
+from streaming.asgi_http import Receive, Scope, Send
 from streaming.consumers import StreamConsumer
 
+EXACT = {
+    "/v1/chat/completions": api.chat_completions_app,
+    "/v1/models": api.models_app,
+    "/v1/streams": api.streams_app,
+    "/v1/chat/stream": api.chat_stream_app,
+    "/v1/tickets": api.tickets_app,
+}
+STREAM_PATH = re.compile(r"/v1/streams/(?P<stream_id>[A-Za-z0-9_-]{1,100})")
 
-def asgi(route: str, app: Any, *, regex: bool = False) -> URLPattern:
-    """A URL pattern for a plain ASGI app (Channels' URLRouter accepts these)."""
-    return (re_path if regex else path)(route, app)
+
+class HttpRouter:
+    """The ``http`` ASGI app: the streaming endpoints, else ``fallback`` (Django)."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = scope["path"]
+        root = scope.get("root_path", "")
+        if root and route.startswith(root):
+            route = route[len(root) :]
+        app = EXACT.get(route)
+        if app is None:
+            match = STREAM_PATH.fullmatch(route)
+            if match is None:
+                await self.fallback(scope, receive, send)
+                return
+            scope = {**scope, "url_route": {"args": (), "kwargs": match.groupdict()}}
+            app = api.stream_app
+        await app(scope, receive, send)
 
 
-http_patterns = [
-    asgi("v1/chat/completions", api.chat_completions_app),
-    asgi("v1/models", api.models_app),
-    asgi("v1/streams", api.streams_app),
-    asgi(r"^v1/streams/(?P<stream_id>[A-Za-z0-9_-]{1,100})$", api.stream_app, regex=True),
-    asgi("v1/chat/stream", api.chat_stream_app),
-    asgi("v1/tickets", api.tickets_app),
-]
-
-websocket_patterns = [
-    asgi("v1/ws", StreamConsumer.as_asgi()),
+websocket_patterns: list[URLPattern] = [
+    path("v1/ws", StreamConsumer.as_asgi()),
 ]

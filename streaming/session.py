@@ -26,7 +26,7 @@ from streaming.log import CHUNK, END, ERROR, Entry, LogLimits, MemoryStreamLog, 
 from streaming.logging import bind, stream_end_fields
 from streaming.providers import ChatRequest, UpstreamError
 from streaming.reader import follow
-from streaming.router import route_stream
+from streaming.router import has_output, route_stream
 from streaming.routes import ResolvedRoute
 from streaming.transcript import Transcript
 
@@ -202,10 +202,14 @@ class StreamSession:
         metrics.stream_started(self)
         try:
             async for body in route_stream(self.route, self.request, audit):
-                if audit.ttft_ms is None:
+                self._append_chunk(body)
+                if audit.ttft_ms is None and has_output(body):
                     audit.ttft_ms = (time.time() - audit.started_at) * 1000
                     metrics.first_token(self)
-                self._append_chunk(body)
+                    # The upstream may have sent more already; reading it all
+                    # before yielding would hold the first token back from
+                    # its readers. Let them send it first.
+                    await asyncio.sleep(0)
             audit.outcome = "completed"
         except UpstreamError as error:
             self._record_failure(error)

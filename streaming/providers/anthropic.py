@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
 import orjson
 
 from streaming.providers.base import (
@@ -21,6 +20,7 @@ from streaming.providers.base import (
     post_event_stream,
 )
 from streaming.providers.sse import SSEDecoder
+from streaming.upstream import UpstreamPool
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -289,7 +289,7 @@ class AnthropicAdapter(ProviderAdapter):
     kind = "anthropic"
 
     async def stream(
-        self, client: httpx.AsyncClient, target: UpstreamTarget, request: ChatRequest
+        self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
         url = f"{target.base_url.rstrip('/')}/messages"
         headers = {"anthropic-version": ANTHROPIC_VERSION}

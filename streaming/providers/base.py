@@ -10,13 +10,15 @@ the router can decide whether to retry or fall back.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
 import orjson
+
+from streaming.upstream import UpstreamPool, UpstreamResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ class ProviderAdapter(ABC):
 
     @abstractmethod
     def stream(
-        self, client: httpx.AsyncClient, target: UpstreamTarget, request: ChatRequest
+        self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield chunk bodies; raise UpstreamError on failure."""
 
@@ -124,7 +126,7 @@ class ProviderAdapter(ABC):
 # event stream, and maps failures to the same error classes.
 
 
-def parse_retry_after(headers: httpx.Headers) -> float | None:
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds form)."""
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)
@@ -139,7 +141,7 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
     return None
 
 
-def error_for_status(status: int, headers: httpx.Headers, body: Any) -> UpstreamError:
+def error_for_status(status: int, headers: Mapping[str, str], body: Any) -> UpstreamError:
     """The UpstreamError for a non-200 upstream response."""
     message = f"upstream returned HTTP {status}"
     if status == 429:
@@ -166,24 +168,20 @@ def _error_code(body: Any) -> Any:
     return error.get("code") if isinstance(error, dict) else None
 
 
-def error_for_transport(exc: httpx.HTTPError, *, responded: bool) -> UpstreamError:
+def error_for_transport(exc: BaseException, *, responded: bool) -> UpstreamError:
     """The UpstreamError for a transport failure, before or after the response began."""
-    if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout) or (
-        not responded
-        and isinstance(exc, httpx.TimeoutException)
-        and not isinstance(exc, httpx.ConnectTimeout)
-    ):
-        return UpstreamError("upstream timed out", error_class="timeout")
     if responded:
-        # The httpx-aiohttp transport reports a dropped connection as various
-        # errors (even ConnectTimeout); once the body started, they all mean this.
+        # Once the body started, a reset, a truncated chunk or a lost
+        # connection all mean the same thing.
         return UpstreamError("upstream closed the stream early", error_class="protocol_error")
+    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamError("upstream timed out", error_class="timeout")
     return UpstreamError(
         f"could not connect to upstream ({type(exc).__name__})", error_class="connect_error"
     )
 
 
-async def _error_body(response: httpx.Response) -> Any:
+async def _error_body(response: UpstreamResponse) -> Any:
     raw = await response.aread()
     try:
         return orjson.loads(raw)
@@ -193,8 +191,8 @@ async def _error_body(response: httpx.Response) -> Any:
 
 @asynccontextmanager
 async def post_event_stream(
-    client: httpx.AsyncClient, url: str, *, headers: dict[str, str], body: dict[str, Any]
-) -> AsyncIterator[httpx.Response]:
+    client: UpstreamPool, url: str, *, headers: dict[str, str], body: dict[str, Any]
+) -> AsyncIterator[UpstreamResponse]:
     """POST ``body`` and yield the 200 response; every failure is an UpstreamError.
 
     Leaving the block (normally, by error, or by cancellation) closes the
@@ -203,10 +201,10 @@ async def post_event_stream(
     responded = False
     headers = {"content-type": "application/json", "accept": "text/event-stream", **headers}
     try:
-        async with client.stream("POST", url, content=orjson.dumps(body), headers=headers) as rsp:
+        async with client.stream("POST", url, headers=headers, content=orjson.dumps(body)) as rsp:
             if rsp.status_code != 200:
                 raise error_for_status(rsp.status_code, rsp.headers, await _error_body(rsp))
             responded = True
             yield rsp
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise error_for_transport(exc, responded=responded) from exc

@@ -11,10 +11,10 @@ import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
 from django.conf import settings
 
 from streaming.providers.base import ChatRequest, ProviderAdapter, UpstreamTarget
+from streaming.upstream import UpstreamPool
 
 ANSWER = (
     'You asked: "{prompt}". This is the Sluice demo provider, so no model was '
@@ -65,7 +65,7 @@ class DemoAdapter(ProviderAdapter):
     kind = "demo"
 
     async def stream(
-        self, client: httpx.AsyncClient, target: UpstreamTarget, request: ChatRequest
+        self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
         delay = float(target.params.get("delay", settings.SLUICE.get("DEMO_TOKEN_DELAY", 0.03)))
         count = target.params.get("tokens")

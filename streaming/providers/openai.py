@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
 import orjson
 
 from streaming.providers.base import (
@@ -16,6 +15,7 @@ from streaming.providers.base import (
     post_event_stream,
 )
 from streaming.providers.sse import SSEDecoder
+from streaming.upstream import UpstreamPool
 
 
 def build_body(target: UpstreamTarget, request: ChatRequest) -> dict[str, Any]:
@@ -84,7 +84,7 @@ class OpenAIAdapter(ProviderAdapter):
     kind = "openai"
 
     async def stream(
-        self, client: httpx.AsyncClient, target: UpstreamTarget, request: ChatRequest
+        self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
         url = f"{target.base_url.rstrip('/')}/chat/completions"
         decoder = OpenAIStreamDecoder()

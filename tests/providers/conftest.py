@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
 
-from streaming.upstream import close_upstream_client, upstream_client
+from streaming.upstream import UpstreamPool, close_upstream_pool, upstream_pool
 from tests.fakes import FakeUpstream
 
 
@@ -22,6 +21,6 @@ def fake(fake_server: FakeUpstream) -> FakeUpstream:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    yield upstream_client()
-    await close_upstream_client()
+async def client() -> AsyncIterator[UpstreamPool]:
+    yield upstream_pool()
+    await close_upstream_pool()
