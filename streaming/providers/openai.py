@@ -97,6 +97,7 @@ class OpenAIAdapter(ProviderAdapter):
                     if chunk is not None:
                         yield chunk
                     if decoder.done:
+                        await rsp.finish()
                         return
             for event in sse.flush():
                 chunk = decoder.feed(event.data)

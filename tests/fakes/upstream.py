@@ -38,6 +38,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     received_at: float = field(default_factory=time.monotonic)
+    client_port: int | None = None  # the same port twice: the same (kept-alive) connection
 
     @property
     def model(self) -> str | None:
@@ -254,8 +255,12 @@ class FakeUpstream:
             raw = await request.read()
             body = orjson.loads(raw) if raw else None
             headers = {k.lower(): v for k, v in request.headers.items()}
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            recorded = RecordedRequest(
+                request.method, request.path, headers, body, client_port=peer[1] if peer else None
+            )
             with self._lock:
-                self.requests.append(RecordedRequest(request.method, request.path, headers, body))
+                self.requests.append(recorded)
             script = self._script_for(body)
             return await answer(request, script, body)
         except ConnectionResetError:

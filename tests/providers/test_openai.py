@@ -120,6 +120,14 @@ async def test_connection_refused(client) -> None:
     assert error.error_class == "connect_error"
 
 
+async def test_a_finished_stream_leaves_its_connection_for_the_next_request(fake, client) -> None:
+    fake.script("gpt-again", tokens=["a", "b"])
+    for _ in range(3):
+        assert content_of(await collect(adapter, client, target(fake, "gpt-again"), chat())) == "ab"
+    ports = {r.client_port for r in fake.requests_for("gpt-again")}
+    assert len(ports) == 1, "each request opened a new upstream connection"
+
+
 async def test_closing_the_generator_closes_the_upstream_request(fake, client) -> None:
     fake.script("gpt-slow", tokens=100, delay=0.05)
     stream = adapter.stream(client, target(fake, "gpt-slow"), chat())
