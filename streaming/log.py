@@ -9,6 +9,7 @@ reader that falls behind simply gets a bigger batch next time.
 from __future__ import annotations
 
 import asyncio
+from array import array
 from dataclasses import dataclass
 
 CHUNK = 0  # an OpenAI chat.completion.chunk (JSON bytes)
@@ -33,36 +34,49 @@ class LogLimits:
 
 
 class MemoryStreamLog:
-    """The in-process log: a list, plus the futures of the readers waiting on it."""
+    """The in-process log: the payloads end to end in one buffer, their ends and
+    kinds in two arrays, plus the futures of the readers waiting on it.
 
-    __slots__ = ("_entries", "_waiters", "bytes", "ended", "limits")
+    One buffer, not an object per event: small objects share the allocator's
+    arenas with everything else the process allocates, and a few long-lived
+    neighbours kept an expired log's memory from ever going back to the OS
+    (see streaming.memory). Reads copy the payloads they return.
+    """
+
+    __slots__ = ("_data", "_ends", "_kinds", "_waiters", "ended", "limits")
 
     def __init__(self, limits: LogLimits) -> None:
-        self._entries: list[Entry] = []
+        self._data = bytearray()
+        self._ends = array("Q")  # event i's payload is _data[_ends[i - 1]:_ends[i]]
+        self._kinds = bytearray()
         self._waiters: list[asyncio.Future[None]] = []
         self.limits = limits
-        self.bytes = 0
         self.ended = False
 
     @property
     def last_seq(self) -> int:
-        return len(self._entries)
+        return len(self._kinds)
+
+    @property
+    def size(self) -> int:
+        """Bytes of payload held."""
+        return len(self._data)
 
     def append(self, kind: int, payload: bytes) -> int:
         """Add an event; never waits. Raises StreamLogFull past the cap."""
         if self.ended:
             raise RuntimeError("append to an ended stream log")
         if kind == CHUNK and (
-            len(self._entries) >= self.limits.max_events
-            or self.bytes + len(payload) > self.limits.max_bytes
+            len(self._kinds) >= self.limits.max_events
+            or len(self._data) + len(payload) > self.limits.max_bytes
         ):
             raise StreamLogFull(
                 f"stream exceeded the per-stream cap ({self.limits.max_events} events, "
                 f"{self.limits.max_bytes} bytes)"
             )
-        seq = len(self._entries) + 1
-        self._entries.append((seq, kind, payload))
-        self.bytes += len(payload)
+        self._data += payload
+        self._ends.append(len(self._data))
+        self._kinds.append(kind)
         if kind == END:
             self.ended = True
         if self._waiters:
@@ -70,19 +84,24 @@ class MemoryStreamLog:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-        return seq
+        return len(self._kinds)
 
     def read_after(self, cursor: int, max_bytes: int) -> list[Entry]:
         """Events after ``cursor``, at most about ``max_bytes`` (at least one)."""
-        if cursor < 0 or cursor > len(self._entries):
+        count = len(self._kinds)
+        if cursor < 0 or cursor > count:
             raise CursorTrimmed(f"no event {cursor} in this stream")
+        ends, kinds = self._ends, self._kinds
         out: list[Entry] = []
-        size = 0
-        for entry in self._entries[cursor : cursor + 4096]:
-            out.append(entry)
-            size += len(entry[2])
-            if size >= max_bytes:
-                break
+        start = ends[cursor - 1] if cursor else 0
+        first = start
+        with memoryview(self._data) as data:
+            for index in range(cursor, min(count, cursor + 4096)):
+                end = ends[index]
+                out.append((index + 1, kinds[index], bytes(data[start:end])))
+                start = end
+                if end - first >= max_bytes:
+                    break
         return out
 
     def next_append(self) -> asyncio.Future[None]:
@@ -101,5 +120,5 @@ class MemoryStreamLog:
 
     async def wait_after(self, cursor: int) -> None:
         """Return once there is an event after ``cursor`` (or the log ended)."""
-        while len(self._entries) <= cursor and not self.ended:
+        while len(self._kinds) <= cursor and not self.ended:
             await self.next_append()

@@ -21,7 +21,7 @@ from django.conf import settings
 from accounts.identity import AppIdentity
 from audit.records import AuditEntry
 from audit.writer import audit_submit
-from streaming import metrics, redis_log
+from streaming import memory, metrics, redis_log
 from streaming.log import CHUNK, END, ERROR, Entry, LogLimits, MemoryStreamLog, StreamLogFull
 from streaming.logging import bind, stream_end_fields
 from streaming.providers import ChatRequest, UpstreamError
@@ -274,7 +274,13 @@ class StreamSession:
         metrics.stream_ended(self)
         logger.info("stream end", extra={"fields": stream_end_fields(self)})
         ttl = settings.SLUICE["STREAM_TTL_SECONDS"]
-        asyncio.get_running_loop().call_later(ttl, _sessions.pop, self.id, None)
+        asyncio.get_running_loop().call_later(ttl, _expire, self.id)
+
+
+def _expire(stream_id: str) -> None:
+    session = _sessions.pop(stream_id, None)
+    if session is not None and session.log.size >= memory.RELEASE_AFTER_BYTES:
+        memory.release_memory()
 
 
 def cancel_local(stream_id: str) -> None:
