@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streaming.providers import ChatRequest
+from streaming.transcript import TextPieces
 
 CONTINUE_INSTRUCTION = (
     "Your previous answer was cut off. Continue exactly where you stopped, "
@@ -88,14 +89,14 @@ def _delta(body: dict[str, Any]) -> dict[str, Any]:
 class StreamProgress:
     """What the client has been sent so far, across attempts."""
 
-    parts: list[str] = field(default_factory=list)  # joined only when a continuation needs it
+    parts: TextPieces = field(default_factory=TextPieces)  # read only when a continuation needs it
     chunks: int = 0
     tool_call_started: bool = False
     finished: bool = False
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        return self.parts.text()
 
     def observe(self, body: dict[str, Any]) -> None:
         self.chunks += 1

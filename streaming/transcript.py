@@ -8,13 +8,38 @@ from typing import Any
 from audit.records import AuditEntry
 
 
+class TextPieces:
+    """Text that arrives a piece (a token) at a time.
+
+    Every ``PIECES_PER_BLOCK`` pieces are joined into one string: thousands of
+    small string objects would share the allocator's arenas with long-lived
+    objects and keep a long stream's memory from the OS (see streaming.log).
+    """
+
+    PIECES_PER_BLOCK = 256
+    __slots__ = ("_blocks", "_pieces")
+
+    def __init__(self) -> None:
+        self._blocks: list[str] = []
+        self._pieces: list[str] = []
+
+    def append(self, piece: str) -> None:
+        self._pieces.append(piece)
+        if len(self._pieces) >= self.PIECES_PER_BLOCK:
+            self._blocks.append("".join(self._pieces))
+            self._pieces = []
+
+    def text(self) -> str:
+        return "".join(self._blocks) + "".join(self._pieces)
+
+
 class Transcript:
     """Folds OpenAI chunk bodies into text, tool calls, finish reason, usage."""
 
     __slots__ = ("finish_reason", "parts", "tool_calls", "usage")
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.parts = TextPieces()
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] = {}
@@ -47,7 +72,7 @@ class Transcript:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        return self.parts.text()
 
     def message(self) -> dict[str, Any]:
         """The assistant message of a non-streaming chat.completion."""
