@@ -8,9 +8,6 @@ only that CA.
 from __future__ import annotations
 
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,13 +20,13 @@ from websockets.sync.client import connect
 
 from tests.conftest import Actor, wait_for_audit
 from tests.fakes.upstream import FakeUpstream
-from tests.live import ROOT, free_port, server_env
+from tests.live import GatewayServer, server_env
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.django_db(transaction=True)]
 
 
 class TlsGateway:
-    """``manage.py sluice_serve`` over TLS, in its own process."""
+    """``manage.py sluice_serve`` over TLS: certificate files from a throwaway CA."""
 
     def __init__(self, tmp: Path) -> None:
         ca = trustme.CA()
@@ -41,55 +38,25 @@ class TlsGateway:
         for extra in cert.cert_chain_pems[1:]:
             extra.write_to_path(str(cert_path), append=True)
         cert.private_key_pem.write_to_path(str(key_path))
-        self.port = free_port()
         env = server_env(SLUICE_TLS_CERT_FILE=str(cert_path), SLUICE_TLS_KEY_FILE=str(key_path))
-        self.log_path = tmp / "sluice_serve.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "sluice_serve", "--port", str(self.port)],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.server = GatewayServer(env=env, scheme="https")
+        self.port = self.server.port
+        self.url = self.server.url
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_path)
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log_path.read_text()
-            try:
-                httpx.get(f"{self.url}/healthz", verify=self.ssl_context(), timeout=1.0)
-                return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError(f"sluice_serve did not start:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
 
 
 @pytest.fixture(scope="module")
 def tls_gateway(
     django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TlsGateway]:
-    server = TlsGateway(tmp_path_factory.mktemp("tls"))
+    gateway = TlsGateway(tmp_path_factory.mktemp("tls"))
+    gateway.server.start()
     try:
-        server.wait_ready()
-        yield server
+        yield gateway
     finally:
-        server.stop()
+        gateway.server.stop()
 
 
 @pytest.fixture
