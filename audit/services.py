@@ -112,7 +112,7 @@ def _insert_rows(model: type[Model], rows: list[dict[str, Any]], using: str) -> 
     quote = connection.ops.quote_name
     sql = "INSERT INTO {} ({}) VALUES ({})".format(
         quote(model._meta.db_table),
-        ", ".join(quote(f.get_attname_column()[1] or f.name) for f in fields),
+        ", ".join(quote(str(f.column)) for f in fields),
         ", ".join(["%s"] * len(fields)),
     )
     params = [

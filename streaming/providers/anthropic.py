@@ -304,7 +304,6 @@ class AnthropicAdapter(ProviderAdapter):
                     for chunk in decoder.feed(_parse(event.data)):
                         yield chunk
                     if decoder.done:
-                        await rsp.finish()
                         return
         raise UpstreamError("upstream closed the stream early", error_class="protocol_error")
 

@@ -195,8 +195,9 @@ async def post_event_stream(
 ) -> AsyncIterator[UpstreamResponse]:
     """POST ``body`` and yield the 200 response; every failure is an UpstreamError.
 
-    Leaving the block (normally, by error, or by cancellation) closes the
-    upstream response, which is what lets a client's cancel reach the upstream.
+    Leaving the block normally keeps the connection for the next request;
+    leaving it by error or cancellation closes the upstream response, which is
+    what lets a client's cancel reach the upstream.
     """
     responded = False
     headers = {"content-type": "application/json", "accept": "text/event-stream", **headers}
@@ -206,5 +207,6 @@ async def post_event_stream(
                 raise error_for_status(rsp.status_code, rsp.headers, await _error_body(rsp))
             responded = True
             yield rsp
+            await rsp.finish()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise error_for_transport(exc, responded=responded) from exc

@@ -97,7 +97,6 @@ class OpenAIAdapter(ProviderAdapter):
                     if chunk is not None:
                         yield chunk
                     if decoder.done:
-                        await rsp.finish()
                         return
             for event in sse.flush():
                 chunk = decoder.feed(event.data)
