@@ -17,7 +17,7 @@ from django.conf import settings
 from accounts.identity import AppIdentity, AuthError, authenticate
 from accounts.tickets import issue_ticket
 from streaming import metrics, wire
-from streaming.asgi_http import ApiRequest, JsonResponse, Receive, StreamResponse, endpoint
+from streaming.asgi_http import ApiRequest, JsonResponse, StreamResponse, endpoint, wait_disconnect
 from streaming.errors import ApiError
 from streaming.log import ERROR, Entry
 from streaming.providers import ChatRequest
@@ -116,19 +116,12 @@ def _stream_response(
     return StreamResponse(body, SSE, headers=headers)
 
 
-async def _until_disconnect(receive: Receive | None) -> None:
-    if receive is None:
-        await asyncio.Event().wait()
-        return
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _wait_or_cancel(
     session: StreamSession, request: ApiRequest, ready: asyncio.Future[Any]
 ) -> None:
     """Wait for ``ready``; if the client leaves first, the session is abandoned early."""
-    watch = asyncio.ensure_future(_until_disconnect(request.receive))
+    assert request.receive is not None  # set for every request the endpoint builds
+    watch = asyncio.ensure_future(wait_disconnect(request.receive))
     try:
         await asyncio.wait({ready, watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -104,7 +104,7 @@ class StreamResponse:
                 gone = True
                 task.cancel()
 
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        watch = asyncio.ensure_future(wait_disconnect(receive))
         watch.add_done_callback(client_left)
         try:
             if self.hold is not None:
@@ -180,7 +180,7 @@ def abort_connection(send: Send) -> None:
     transport.abort()
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def wait_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 

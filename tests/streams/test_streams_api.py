@@ -291,6 +291,32 @@ def test_non_streaming_client_that_leaves_cancels_the_upstream_at_once(
     assert upstream.wait_open_requests(0, timeout=1.5)  # well before the 2 s abandon timeout
 
 
+def test_streaming_client_that_leaves_before_the_first_token_cancels_the_upstream(
+    gateway, alice, upstream, make_route
+):
+    # The response is held until the first token; a client gone by then has
+    # nothing to resume from, so the generation stops at once.
+    upstream_model = unique("late")
+    upstream.script(upstream_model, tokens=["late"], ttft=5.0)
+    model = make_route(("openai", upstream.base_url, upstream_model))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            headers=alice.headers,
+            json={"model": model, "stream": True, **CHAT},
+            timeout=0.5,
+        )
+    assert upstream.requests_for(upstream_model)
+    assert upstream.wait_open_requests(0, timeout=1.5)  # well before the 2 s abandon timeout
+    from audit.models import AuditRecord
+
+    deadline = time.monotonic() + 10
+    while not (record := AuditRecord.objects.filter(public_model=model).first()):
+        assert time.monotonic() < deadline, "no audit record"
+        time.sleep(0.05)
+    assert record.outcome == "client_disconnected"
+
+
 def test_two_readers_follow_one_stream_at_once(gateway, alice, slow_model):
     import threading
 
