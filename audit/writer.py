@@ -22,6 +22,7 @@ from typing import Any
 
 from django.db import connections
 
+from audit.process import AuditWriteFailed, ProcessWrite
 from audit.records import AuditEntry
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,13 @@ class AuditWriter:
     The thread starts on the first ``submit`` (again in a forked child).
     """
 
+    BATCH_SIZE = 200
+
     def __init__(
         self,
         *,
         maxsize: int = 10_000,
-        batch_size: int = 200,
+        batch_size: int = BATCH_SIZE,
         batch_seconds: float = 0.05,
         retries: int = 2,
         backoff_seconds: float = 0.2,
@@ -96,6 +99,9 @@ class AuditWriter:
         stopped = self._send(_Control(stop=True), timeout)
         if stopped and self._thread is not None:
             self._thread.join(timeout)
+        close = getattr(self._write, "close", None)
+        if stopped and close is not None:
+            close()
         with self._lock:
             if stopped:
                 self._pid = None
@@ -188,9 +194,8 @@ class AuditWriter:
             self._write(entries)
         except Exception as exc:
             # The class only: database errors can quote the row, i.e. content.
-            logger.warning(
-                "audit write of %d record(s) failed: %s", len(entries), type(exc).__name__
-            )
+            reason = str(exc) if isinstance(exc, AuditWriteFailed) else type(exc).__name__
+            logger.warning("audit write of %d record(s) failed: %s", len(entries), reason)
             connections.close_all()
             return False
         return True
@@ -209,12 +214,32 @@ def _default_writer() -> AuditWriter:
     if _writer is None:
         with _writer_lock:
             if _writer is None:
-                from django.conf import settings
-
-                conf: dict[str, Any] = settings.SLUICE
-                _writer = AuditWriter(maxsize=conf.get("AUDIT_QUEUE_SIZE", 10_000))
-                atexit.register(_writer.stop)
+                _writer = _new_writer(_write_to_database)
     return _writer
+
+
+def _new_writer(write: WriteBatch) -> AuditWriter:
+    from django.conf import settings
+
+    conf: dict[str, Any] = settings.SLUICE
+    writer = AuditWriter(maxsize=conf.get("AUDIT_QUEUE_SIZE", 10_000), write=write)
+    atexit.register(writer.stop)
+    return writer
+
+
+def audit_writer_use_process() -> None:
+    """From now on, store batches from a child process (see ``audit.process``).
+
+    The served gateway calls this at start-up; without it (tests, scripts,
+    ``runserver``) the writer thread stores batches itself.
+    """
+    global _writer
+    write = ProcessWrite(urgent_size=AuditWriter.BATCH_SIZE)
+    write.start()
+    with _writer_lock:
+        previous, _writer = _writer, _new_writer(write)
+    if previous is not None:
+        previous.stop()
 
 
 def audit_submit(entry: AuditEntry) -> bool:
@@ -234,5 +259,5 @@ def audit_writer_stats() -> dict[str, int]:
 
 
 def audit_writer_stop(timeout: float = 5.0) -> bool:
-    """Write what is queued and end the thread (process shutdown)."""
+    """Write what is queued and end the thread, and its process if it has one (shutdown)."""
     return _writer.stop(timeout) if _writer is not None else True

@@ -3,8 +3,9 @@
 http: the /v1/ streaming API goes straight to its ASGI endpoints; everything
 else (admin, /o/ OAuth2, /metrics, pages) goes to Django.
 websocket: the token middleware, then the stream consumer.
-lifespan: freezes start-up objects out of the garbage collector's way; at the end,
-closes the upstream pool and Redis clients and flushes the audit writer.
+lifespan: starts the audit writer's process and freezes start-up objects out of
+the garbage collector's way; at the end, closes the upstream pool and Redis
+clients and stops the audit writer once it has written what it was given.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from streaming.routing import HttpRouter, websocket_patterns  # noqa: E402
 
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    from audit.writer import audit_flush
+    from django.conf import settings
+
+    from audit.writer import audit_writer_stop, audit_writer_use_process
     from streaming.livestats import ensure_ticker
     from streaming.redis_log import close_redis_clients
     from streaming.upstream import close_upstream_pool
@@ -33,6 +36,8 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            if settings.SLUICE["AUDIT_PROCESS"]:
+                audit_writer_use_process()
             # Everything loaded so far lives as long as the process: keep the
             # collector from walking it again and again (a full collection
             # over Django's objects held a request up by tens of ms).
@@ -43,7 +48,9 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
         elif message["type"] == "lifespan.shutdown":
             await close_upstream_pool()
             await close_redis_clients()
-            await asyncio.to_thread(audit_flush, 5.0)
+            # Writes what is queued, then ends the writer and its process: uvicorn
+            # ends the process by its signal, and atexit handlers do not run then.
+            await asyncio.to_thread(audit_writer_stop, 5.0)
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -162,6 +162,8 @@ SLUICE: dict[str, Any] = {
     "TLS_KEY_FILE": envstr("SLUICE_TLS_KEY_FILE"),
     "LOG_CONTENT": envbool("SLUICE_LOG_CONTENT", False),
     "AUDIT_QUEUE_SIZE": envint("SLUICE_AUDIT_QUEUE_SIZE", 10_000, minimum=1),
+    # Served gateway: audit rows are built and stored by a child process.
+    "AUDIT_PROCESS": envbool("SLUICE_AUDIT_PROCESS", True),
 }
 
 # SLUICE_LOG_FORMAT=json: one JSON object a line; request/stream ids on each.
