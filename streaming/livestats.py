@@ -242,13 +242,17 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
             breakers[name] = _worse(breakers.get(name), state)
         ttfts.extend(snap["ttft"])
         streams.extend(snap["streams"])
-    points = sorted(history.items())[-HISTORY_POINTS:]
+    # Each instance samples once a second, at its own phase: a second that some
+    # have not sampled yet would show only the others' rate.
+    latest = [snap["history"][-1] for snap in snapshots if snap["history"]]
+    complete = min((point[0] for point in latest), default=0)
+    points = sorted(p for p in history.items() if p[0] <= complete)[-HISTORY_POINTS:]
     streams.sort(key=lambda row: -row["age"])
     return {
         "at": time.time(),
         "instances": sorted(s["instance"] for s in snapshots),
         "active": sum(s["active"] for s in snapshots),
-        "tokens_per_second": points[-1][1][1] if points else 0.0,
+        "tokens_per_second": sum(point[2] for point in latest),
         "history": [[second, int(a), round(r, 1)] for second, (a, r) in points],
         "ttft_p50": percentile(ttfts, 0.5),
         "ttft_p95": percentile(ttfts, 0.95),

@@ -88,3 +88,15 @@ def test_instances_merge_into_one_view() -> None:
     assert provider["breaker"] == "open"
     assert merged["audit_queue_depth"] == 4
     assert len(merged["streams"]) == 2
+
+
+def test_a_second_not_every_instance_has_sampled_yet_is_left_out() -> None:
+    # b (idle) samples just after a (busy) each second: its newest second has
+    # no rate from a yet, and must not read as "0 tokens/s".
+    busy = snapshot("a", history=[[100, 3, 50.0], [101, 3, 60.0]])
+    idle = snapshot("b", active=0, history=[[100, 0, 0.0], [101, 0, 0.0], [102, 0, 0.0]])
+
+    merged = livestats.merge([busy, idle])
+
+    assert merged["tokens_per_second"] == 60.0
+    assert merged["history"][-1] == [101, 3, 60.0]
