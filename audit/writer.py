@@ -235,7 +235,11 @@ def audit_writer_use_process() -> None:
     """
     global _writer
     write = ProcessWrite(urgent_size=AuditWriter.BATCH_SIZE)
-    write.start()
+    try:
+        write.start()
+    except Exception:
+        logger.exception("could not start the audit writer process: storing from a thread")
+        return
     with _writer_lock:
         previous, _writer = _writer, _new_writer(write)
     if previous is not None:

@@ -42,8 +42,9 @@ NOTES = [
     "the same run (the sequential scenario alternates them request by request).",
     "TTFT: request sent to the first non-empty content delta; on WebSocket, "
     "chat.create sent to the first content chunk (the socket is already open).",
-    "Gateway CPU s and peak RSS are the gateway process's own (/proc stat and "
-    "VmHWM, reset per scenario); each scenario runs on a fresh gateway process.",
+    "Gateway CPU s is the gateway process's and its audit writer process's (/proc "
+    "stat); peak RSS is the gateway process's own (VmHWM, reset per scenario; the "
+    "audit writer's is flat); each scenario runs on a fresh gateway process.",
     "The fake upstream is bench/upstream.py (uvloop, one write per token); the "
     "load generator is bench/load.py (aiohttp on uvloop), each in its own process. "
     "On 2 cores they compete with the gateway for CPU: saturation figures are a "
