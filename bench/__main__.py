@@ -33,7 +33,8 @@ ALL: dict[str, Callable[[Bench], list[Row]]] = {
     **SCENARIOS,
     "stalled": stalled,
     "daphne-saturation": lambda bench: saturation(bench, "sse", "daphne"),
-    "daphne-stalled": lambda bench: stalled(bench, "daphne"),
+    # Only its cut-off is in question: one run.
+    "daphne-stalled": lambda bench: stalled(bench, "daphne", runs=1),
 }
 
 NOTES = [
@@ -50,7 +51,9 @@ NOTES = [
     "On 2 cores they compete with the gateway for CPU: saturation figures are a "
     "floor for what one gateway process relays on a core of its own.",
     "Stalled reader: the baseline column is the same stream read by a client that "
-    "keeps up (same log), so the difference is what a stalled reader costs.",
+    "keeps up (same log), so the difference is what a stalled reader costs; on "
+    "uvicorn each figure is the median of 3 runs (a single run's peak RSS is "
+    "±1 MiB noise).",
 ]
 
 

@@ -51,6 +51,7 @@ class Sizes:
     stalled_tokens: int = 25_000  # about 5 MB of SSE
     stall_seconds: float = 2.0  # SLUICE_READER_STALL_SECONDS for the stalled reader
     ttl_seconds: int = 6  # SLUICE_STREAM_TTL_SECONDS for the stalled reader
+    stall_runs: int = 3  # the stalled reader's figures are medians of this many runs
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -67,6 +68,7 @@ class Sizes:
             stalled_tokens=15_000,
             stall_seconds=1.0,
             ttl_seconds=3,
+            stall_runs=1,
         )
 
     def models(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ reader still get everything, and does RSS fall back once the stream expires?
 from __future__ import annotations
 
 import socket
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -165,9 +166,32 @@ def _measure(bench: Bench, server: str) -> StallFigures:
     )
 
 
-def stalled(bench: Bench, server: str = "uvicorn") -> list[Row]:
+def _median_of(runs: list[StallFigures]) -> StallFigures:
+    """Each figure's median over the runs; cut off and tokens only if every run had them."""
+
+    def median(name: str) -> float:
+        return float(statistics.median(getattr(run, name) for run in runs))
+
+    return StallFigures(
+        fast_growth=median("fast_growth"),
+        fast_after=median("fast_after"),
+        stalled_growth=median("stalled_growth"),
+        stalled_after=median("stalled_after"),
+        cut_off=all(run.cut_off for run in runs),
+        client_bytes=max(run.client_bytes for run in runs),
+        replay_tokens=min(run.replay_tokens for run in runs),
+        log_mib=median("log_mib"),
+        cpu_seconds=median("cpu_seconds"),
+        peak_rss_mib=max(run.peak_rss_mib for run in runs),
+    )
+
+
+def stalled(bench: Bench, server: str = "uvicorn", runs: int | None = None) -> list[Row]:
+    """Peak RSS differs by up to ±1 MiB between two runs of the same stream
+    (allocator arenas), so each figure is the median of a few runs."""
     expected = bench.sizes.stalled_tokens
-    f = _measure(bench, server)
+    count = bench.sizes.stall_runs if runs is None else runs
+    f = _median_of([_measure(bench, server) for _ in range(count)])
     name = f"stalled reader, {f.log_mib:.1f} MB stream ({server})"
     cap = (READER_BUFFER_KIB + TRANSPORT_KIB) / 1024
     extra = f.stalled_growth - f.fast_growth
