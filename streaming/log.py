@@ -27,10 +27,20 @@ class CursorTrimmed(Exception):
     """The events after the cursor are no longer kept."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class LogLimits:
     max_events: int
     max_bytes: int
+
+    @classmethod
+    def shared(cls, max_events: int, max_bytes: int) -> LogLimits:
+        """One instance per pair of values: a finished log is kept for its TTL,
+        and every object it keeps is one more for the garbage collector to walk."""
+        return _limits.setdefault((max_events, max_bytes), cls(max_events, max_bytes))
+
+
+_limits: dict[tuple[int, int], LogLimits] = {}
+Sealed = tuple[bytearray, bytes, bytearray]  # payloads, ends (array "Q" bytes), kinds
 
 
 class MemoryStreamLog:
@@ -49,7 +59,7 @@ class MemoryStreamLog:
         self._data = bytearray()
         self._ends = array("Q")  # event i's payload is _data[_ends[i - 1]:_ends[i]]
         self._kinds = bytearray()
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] | None = []  # None once ended
         self.limits = limits
         self.ended = False
 
@@ -77,10 +87,13 @@ class MemoryStreamLog:
         self._data += payload
         self._ends.append(len(self._data))
         self._kinds.append(kind)
+        waiters = self._waiters
         if kind == END:
             self.ended = True
-        if self._waiters:
-            waiters, self._waiters = self._waiters, []
+            self._waiters = None
+        elif waiters:
+            self._waiters = []
+        if waiters:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -104,13 +117,30 @@ class MemoryStreamLog:
                     break
         return out
 
+    def seal(self) -> Sealed:
+        """The ended log's events, held by objects the garbage collector does not
+        track (an array is tracked; its bytes are not). Shares the payload buffer."""
+        if not self.ended:
+            raise RuntimeError("only an ended stream log can be sealed")
+        return self._data, self._ends.tobytes(), self._kinds
+
+    @classmethod
+    def unseal(cls, sealed: Sealed) -> MemoryStreamLog:
+        """An ended log over sealed events, to read them again."""
+        data, ends, kinds = sealed
+        log = cls(LogLimits.shared(len(kinds), len(data)))
+        log._data, log._kinds = data, kinds
+        log._ends.frombytes(ends)
+        log.ended, log._waiters = True, None
+        return log
+
     def next_append(self) -> asyncio.Future[None]:
         """A future resolved by the next append (already resolved once the log ended).
 
         Whoever holds it may also resolve it early to wake its reader (a keep-alive).
         """
         waiter = asyncio.get_running_loop().create_future()
-        if self.ended:
+        if self._waiters is None:  # ended
             waiter.set_result(None)
             return waiter
         if len(self._waiters) > 16:  # woken early or cancelled, while no append came

@@ -21,7 +21,8 @@ from django.conf import settings
 from accounts.identity import AppIdentity
 from audit.records import AuditEntry
 from audit.writer import audit_submit
-from streaming import memory, metrics, redis_log
+from streaming import finished, metrics, redis_log
+from streaming.finished import EndedStream
 from streaming.log import CHUNK, END, ERROR, Entry, LogLimits, MemoryStreamLog, StreamLogFull
 from streaming.logging import bind, stream_end_fields
 from streaming.providers import ChatRequest, UpstreamError
@@ -32,7 +33,7 @@ from streaming.transcript import Transcript
 
 logger = logging.getLogger("sluice.stream")
 
-_sessions: dict[str, StreamSession] = {}
+_sessions: dict[str, StreamSession] = {}  # running; finished ones are in streaming.finished
 
 
 def new_stream_id() -> str:
@@ -70,7 +71,8 @@ class StreamSession:
         self.request = request
         self.route = route
         self.created = int(time.time())
-        self.log = MemoryStreamLog(LogLimits(conf["STREAM_MAX_EVENTS"], conf["STREAM_MAX_BYTES"]))
+        limits = LogLimits.shared(conf["STREAM_MAX_EVENTS"], conf["STREAM_MAX_BYTES"])
+        self.log = MemoryStreamLog(limits)
         self.transcript = Transcript()
         self.error_status: int | None = None
         self.error_payload: dict[str, Any] | None = None
@@ -273,14 +275,10 @@ class StreamSession:
         audit_submit(audit)
         metrics.stream_ended(self)
         logger.info("stream end", extra={"fields": stream_end_fields(self)})
+        # From now on, what resume needs is kept, not the whole session.
+        _sessions.pop(self.id, None)
         ttl = settings.SLUICE["STREAM_TTL_SECONDS"]
-        asyncio.get_running_loop().call_later(ttl, _expire, self.id)
-
-
-def _expire(stream_id: str) -> None:
-    session = _sessions.pop(stream_id, None)
-    if session is not None and session.log.size >= memory.RELEASE_AFTER_BYTES:
-        memory.release_memory()
+        finished.keep(self.id, self.app_id, audit.outcome, self.log, ttl)
 
 
 def cancel_local(stream_id: str) -> None:
@@ -289,9 +287,10 @@ def cancel_local(stream_id: str) -> None:
         session.cancel("cancelled")
 
 
-def get_session(stream_id: str) -> StreamSession | None:
-    return _sessions.get(stream_id)
+def get_session(stream_id: str) -> StreamSession | EndedStream | None:
+    """The stream if it runs on this instance, or ended here within its TTL."""
+    return _sessions.get(stream_id) or finished.find(stream_id)
 
 
 def active_sessions() -> list[StreamSession]:
-    return [s for s in _sessions.values() if not s.finished]
+    return list(_sessions.values())

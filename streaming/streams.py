@@ -1,6 +1,6 @@
-"""Finding a stream by id: on this instance, or (with Redis) on another one.
+"""Finding a stream by id: running here, ended here, or (with Redis) on another instance.
 
-Both kinds of handle offer the same reader-facing surface: ``id``,
+Each kind of handle offers the same reader-facing surface: ``id``,
 ``app_id``, ``finished``, ``remaining(cursor)``, ``follow(cursor, ...)`` and
 ``request_cancel()``, so the transports do not care where a stream runs.
 """
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from accounts.identity import AppIdentity
 from streaming.errors import ApiError
+from streaming.finished import EndedStream
 from streaming.log import CursorTrimmed
 from streaming.redis_log import RemoteStream, redis_enabled
 from streaming.session import StreamSession, get_session
 
-StreamHandle = StreamSession | RemoteStream
+StreamHandle = StreamSession | EndedStream | RemoteStream
 
 
 async def find_stream(identity: AppIdentity, stream_id: str) -> StreamHandle:

@@ -1,0 +1,105 @@
+"""Finished streams, kept for their TTL so clients can replay and resume them.
+
+A finished stream needs only its log, its owner and its outcome. The
+``StreamSession`` that ran it holds much more (the request, transcript,
+audit entry, task, coroutine, contexts: about 24 objects the garbage
+collector tracks). Kept for the TTL (600 s), those added up: after 30,000
+requests a full collection walked 700,000 objects and stopped the event
+loop for 540 ms. What is kept instead is a tuple of the owner, the outcome
+and the sealed log (bytes and bytearrays): after one collection the
+collector stops tracking it at all. ``find`` builds an ``EndedStream`` over
+it for the reader that asks. One timer for all of them expires them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from streaming import memory
+from streaming.log import Entry, MemoryStreamLog
+from streaming.reader import follow
+
+
+@dataclass(slots=True, eq=False)
+class EndedStream:
+    """A finished stream on this instance: the reader-facing surface of a session."""
+
+    id: str
+    app_id: int
+    log: MemoryStreamLog
+    outcome: str  # for readers' close reason (metrics.end_reason)
+
+    @property
+    def finished(self) -> bool:
+        return True
+
+    async def remaining(self, cursor: int) -> bool:
+        """Whether events follow ``cursor``; CursorTrimmed if it is not in the log."""
+        return bool(self.log.read_after(cursor, 1))
+
+    async def request_cancel(self) -> None:
+        """Nothing to cancel: the generation is over."""
+
+    async def follow(
+        self, cursor: int, *, resumed: bool, keepalive: float | None = None
+    ) -> AsyncIterator[list[Entry] | None]:
+        batch_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
+        async for batch in follow(
+            self.log, cursor, max_batch_bytes=batch_bytes, keepalive=keepalive
+        ):
+            yield batch
+
+
+# id -> (app_id, outcome, *sealed log): flat, so one collection untracks it
+_kept: dict[str, tuple[int, str, bytearray, bytes, bytearray]] = {}
+_expiry: list[tuple[float, str]] = []  # (time.monotonic() deadline, id), a heap
+_sweep: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle, float] | None = None
+
+
+def keep(stream_id: str, app_id: int, outcome: str, log: MemoryStreamLog, ttl: float) -> None:
+    """Keep an ended stream findable for ``ttl`` seconds from now."""
+    deadline = time.monotonic() + ttl
+    _kept[stream_id] = (app_id, outcome, *log.seal())
+    heapq.heappush(_expiry, (deadline, stream_id))
+    _arm(asyncio.get_running_loop(), deadline)
+
+
+def find(stream_id: str) -> EndedStream | None:
+    kept = _kept.get(stream_id)
+    if kept is None:
+        return None
+    app_id, outcome, data, ends, kinds = kept
+    return EndedStream(stream_id, app_id, MemoryStreamLog.unseal((data, ends, kinds)), outcome)
+
+
+def _arm(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    global _sweep
+    if _sweep is not None:
+        armed_loop, handle, armed_for = _sweep
+        if armed_loop is loop and not loop.is_closed() and armed_for <= deadline:
+            return  # the armed sweep comes first
+        handle.cancel()
+    handle = loop.call_later(max(0.0, deadline - time.monotonic()), _expire_due, loop)
+    _sweep = (loop, handle, deadline)
+
+
+def _expire_due(loop: asyncio.AbstractEventLoop) -> None:
+    global _sweep
+    _sweep = None
+    now = time.monotonic()
+    released = 0
+    while _expiry and _expiry[0][0] <= now:
+        _, stream_id = heapq.heappop(_expiry)
+        kept = _kept.pop(stream_id, None)
+        if kept is not None:
+            released = max(released, len(kept[2]))
+    if released >= memory.RELEASE_AFTER_BYTES:
+        memory.release_memory()
+    if _expiry:
+        _arm(loop, _expiry[0][0])
