@@ -52,6 +52,7 @@ class Sizes:
     stall_seconds: float = 2.0  # SLUICE_READER_STALL_SECONDS for the stalled reader
     ttl_seconds: int = 6  # SLUICE_STREAM_TTL_SECONDS for the stalled reader
     stall_runs: int = 3  # the stalled reader's figures are medians of this many runs
+    sustained_requests: int = 20_000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -69,6 +70,7 @@ class Sizes:
             stall_seconds=1.0,
             ttl_seconds=3,
             stall_runs=1,
+            sustained_requests=200,
         )
 
     def models(self) -> dict[str, str]:
@@ -359,9 +361,49 @@ def open_streams(bench: Bench) -> list[Row]:
     ]
 
 
+def sustained(bench: Bench) -> list[Row]:
+    """Many short requests in a row (4 at a time): does a pause build up?
+
+    Every finished stream stays resumable for the TTL (600 s), so what the
+    gateway keeps per finished stream, and how long the garbage collector
+    takes to walk it, grows with the traffic; it shows at the far tail.
+    """
+    count = bench.sizes.sustained_requests
+    name = f"sustained, {count:,} requests, 4 at a time (SSE)"
+    with bench.gateway() as gateway:
+        warm_up(bench, gateway, "sequential")
+        legs = [bench.direct("sequential"), bench.sluice(gateway, "sequential")]
+        spec = Spec(legs=legs, concurrency=4, requests=count, expect_tokens=10)
+        with measured(gateway) as cost:
+            direct_run, sluice_run = run_load(spec)
+        grown = (rss_kib(gateway.pid) - cost.idle_rss_kib) / 1024
+    direct, sluice = direct_run["records"], sluice_run["records"]
+    errors = report.errors(direct) + report.errors(sluice)
+    rows = []
+    for p, label in ((99.9, "p99.9"), (100, "max")):
+        d = report.percentile(report.ttfts_ms(direct), p)
+        s = report.percentile(report.ttfts_ms(sluice), p)
+        rows.append(
+            Row(
+                name,
+                f"TTFT {label} (ms)",
+                _ms(d),
+                _ms(s),
+                f"+{s - d:.2f} ms" + (f"; RSS +{grown:.0f} MiB after" if p == 100 else ""),
+                "",
+                None,
+                cost.cpu_seconds,
+                cost.peak_rss_mib,
+                errors,
+            )
+        )
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "sequential": sequential,
     "paced": paced,
+    "sustained": sustained,
     "saturation": saturation,
     "saturation-ndjson": lambda bench: saturation(bench, "ndjson"),
     "saturation-ws": lambda bench: saturation(bench, "ws"),
