@@ -40,6 +40,7 @@ class LogLimits:
 
 
 _limits: dict[tuple[int, int], LogLimits] = {}
+_SEALED = LogLimits(0, 0)  # an unsealed log is ended: nothing is appended to it
 Sealed = tuple[bytearray, bytes, bytearray]  # payloads, ends (array "Q" bytes), kinds
 
 
@@ -128,7 +129,7 @@ class MemoryStreamLog:
     def unseal(cls, sealed: Sealed) -> MemoryStreamLog:
         """An ended log over sealed events, to read them again."""
         data, ends, kinds = sealed
-        log = cls(LogLimits.shared(len(kinds), len(data)))
+        log = cls(_SEALED)
         log._data, log._kinds = data, kinds
         log._ends.frombytes(ends)
         log.ended, log._waiters = True, None
