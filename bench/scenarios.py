@@ -130,7 +130,13 @@ def run_load(spec: Spec) -> list[dict[str, Any]]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{done.stderr.decode()[-3000:]}")
-    runs: list[dict[str, Any]] = orjson.loads(done.stdout)["runs"]
+    try:
+        runs: list[dict[str, Any]] = orjson.loads(done.stdout)["runs"]
+    except orjson.JSONDecodeError as error:
+        raise RuntimeError(
+            f"load generator output unreadable ({len(done.stdout)} bytes, {error}):\n"
+            f"{done.stderr.decode()[-3000:]}"
+        ) from None
     return runs
 
 
