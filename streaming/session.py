@@ -22,7 +22,6 @@ from accounts.identity import AppIdentity
 from audit.records import AuditEntry
 from audit.writer import audit_submit
 from streaming import finished, metrics, redis_log
-from streaming.finished import EndedStream
 from streaming.log import CHUNK, END, ERROR, Entry, LogLimits, MemoryStreamLog, StreamLogFull
 from streaming.logging import bind, stream_end_fields
 from streaming.providers import ChatRequest, UpstreamError
@@ -287,7 +286,7 @@ def cancel_local(stream_id: str) -> None:
         session.cancel("cancelled")
 
 
-def get_session(stream_id: str) -> StreamSession | EndedStream | None:
+def get_session(stream_id: str) -> StreamSession | finished.EndedStream | None:
     """The stream if it runs on this instance, or ended here within its TTL."""
     return _sessions.get(stream_id) or finished.find(stream_id)
 

@@ -18,6 +18,7 @@ import pytest
 
 from audit.models import AuditRecord
 from audit.process import AuditWriteFailed, ProcessWrite
+from bench.stack import children
 from tests.audit.conftest import make_entry
 from tests.conftest import Actor, wait_for_audit
 from tests.live import GatewayServer, database_url, server_env
@@ -27,18 +28,15 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.django_db(transaction=True)]
 SCHED_IDLE = 5
 
 
-def children(pid: int) -> list[int]:
+def spawned_children(pid: int) -> list[int]:
     """Processes started by multiprocessing's spawn from ``pid`` (not its resource tracker)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
-                found.append(int(entry.name))
+    for child in children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue  # ended in between
     return found
 
 
@@ -46,7 +44,7 @@ def audit_process(gateway: GatewayServer, timeout: float = 10.0) -> int:
     assert gateway.process is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        kids = children(gateway.process.pid)
+        kids = spawned_children(gateway.process.pid)
         if kids:
             (pid,) = kids
             return pid
