@@ -80,11 +80,6 @@ class OverlapTrimmer:
         return held[overlap:]
 
 
-def _delta(body: dict[str, Any]) -> dict[str, Any]:
-    choices = body.get("choices") or ()
-    return (choices[0].get("delta") or {}) if choices else {}
-
-
 @dataclass(slots=True)
 class StreamProgress:
     """What the client has been sent so far, across attempts."""
@@ -100,13 +95,19 @@ class StreamProgress:
 
     def observe(self, body: dict[str, Any]) -> None:
         self.chunks += 1
-        delta = _delta(body)
-        if delta.get("content"):
-            self.parts.append(delta["content"])
-        if delta.get("tool_calls"):
-            self.tool_call_started = True
-        if any(c.get("finish_reason") for c in body.get("choices") or ()):
-            self.finished = True
+        choices = body.get("choices")
+        if not choices:
+            return
+        delta = choices[0].get("delta")
+        if delta:
+            content = delta.get("content")
+            if content:
+                self.parts.append(content)
+            if delta.get("tool_calls"):
+                self.tool_call_started = True
+        for choice in choices:
+            if choice.get("finish_reason"):
+                self.finished = True
 
     @property
     def started(self) -> bool:

@@ -106,8 +106,10 @@ class MemoryStreamLog:
         if cursor < 0 or cursor > count:
             raise CursorTrimmed(f"no event {cursor} in this stream")
         ends, kinds = self._ends, self._kinds
-        out: list[Entry] = []
         start = ends[cursor - 1] if cursor else 0
+        if count == cursor + 1:  # a reader keeping up: one new event
+            return [(count, kinds[cursor], bytes(self._data[start : ends[cursor]]))]
+        out: list[Entry] = []
         first = start
         with memoryview(self._data) as data:
             for index in range(cursor, min(count, cursor + 4096)):

@@ -104,15 +104,15 @@ def _check_refusal(body: dict[str, Any], policy: RoutePolicy) -> None:
 
 
 def _count(record: AttemptEntry, body: dict[str, Any]) -> None:
-    usage = body.get("usage") or {}
-    if usage.get("completion_tokens"):
+    usage = body.get("usage")
+    if usage and usage.get("completion_tokens"):
         record.tokens = int(usage["completion_tokens"])
-    elif any("content" in d or "tool_calls" in d for d in _deltas(body)):
-        record.tokens += 1
-
-
-def _deltas(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c.get("delta") or {} for c in body.get("choices") or ()]
+        return
+    for choice in body.get("choices") or ():
+        delta = choice.get("delta")
+        if delta and ("content" in delta or "tool_calls" in delta):
+            record.tokens += 1
+            return
 
 
 async def upstream_attempt(

@@ -41,6 +41,18 @@ class SSEDecoder:
         """Decode ``chunk`` and return the events it completed."""
         if not chunk:
             return []
+        if (
+            not self._at_start
+            and not self._pending
+            and not self._has_fields
+            and chunk.startswith(b"data: ")
+            and chunk.endswith(b"\n\n")
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+        ):
+            # The usual upstream read: exactly one whole one-line data event.
+            self._skip_lf = False
+            return [ServerSentEvent(chunk[6:-2].decode("utf-8", "replace"), id=self._last_id)]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":

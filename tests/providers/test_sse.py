@@ -73,6 +73,14 @@ def test_flush_dispatches_an_unterminated_last_event() -> None:
     assert decode(b"data: [DONE]") == [ServerSentEvent("[DONE]")]
 
 
+def test_whole_one_line_events_keep_the_last_id() -> None:
+    # One whole event per read is the usual upstream token: decoded on a short path.
+    chunks = (b"id: 7\ndata: a\n\r", b"data: b\n\n", b"data: c\xc3\xa9\n\n")
+    expected = [ServerSentEvent(d, id="7") for d in ("a", "b", "c\u00e9")]
+    assert decode(*chunks) == expected
+    assert decode(b"".join(chunks)) == expected
+
+
 def test_nothing_is_dispatched_for_blank_lines_alone() -> None:
     assert decode(b"\n\n\r\n:comment\n\n") == []
 
