@@ -164,6 +164,8 @@ SLUICE: dict[str, Any] = {
     "AUDIT_QUEUE_SIZE": envint("SLUICE_AUDIT_QUEUE_SIZE", 10_000, minimum=1),
     # Served gateway: audit rows are built and stored by a child process.
     "AUDIT_PROCESS": envbool("SLUICE_AUDIT_PROCESS", True),
+    # Served gateway: objects allocated (net) between two young garbage collections.
+    "GC_YOUNG_THRESHOLD": envint("SLUICE_GC_YOUNG_THRESHOLD", 10_000, minimum=1),
 }
 
 # SLUICE_LOG_FORMAT=json: one JSON object a line; request/stream ids on each.
