@@ -19,9 +19,11 @@ from bench.report import Row
 from bench.scenarios import SCENARIOS, Bench, Sizes, saturation
 from bench.stack import (
     Workspace,
+    cpu_jiffies,
     create_app,
     create_routes,
     fetch_token,
+    machine_speed_ms,
     start_gateway,
     start_upstream,
 )
@@ -93,14 +95,24 @@ def main(argv: list[str] | None = None) -> int:
             gateway.stop()
         bench = Bench(workspace, upstream, routes, token, sizes)
         rows: list[Row] = []
+        speeds: list[str] = []
+        steal_before, total_before = cpu_jiffies()
         for name in names:
             print(f"-- {name}", file=sys.stderr, flush=True)
+            speeds.append(f"{name} {machine_speed_ms():.1f}")
             rows += ALL[name](bench)
+        steal_after, total_after = cpu_jiffies()
     finally:
         upstream.stop()
     elapsed = time.monotonic() - started
     title = "Sluice benchmark" + (" (quick)" if args.quick else "")
-    notes = [*NOTES, f"Whole run: {elapsed:.0f} s."]
+    steal = (steal_after - steal_before) / max(1, total_after - total_before)
+    machine = (
+        "Machine speed before each scenario (ms for a fixed pure-Python loop, best of 5; "
+        f"lower is faster): {', '.join(speeds)}. CPU time stolen by the hypervisor "
+        f"over the run: {steal:.1%}."
+    )
+    notes = [*NOTES, machine, f"Whole run: {elapsed:.0f} s."]
     table = report.markdown(rows, title=title, notes=notes)
     print(table)
     if out is not None:

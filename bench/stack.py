@@ -77,6 +77,29 @@ def cpu_seconds(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
+def machine_speed_ms(rounds: int = 5) -> float:
+    """How long a fixed pure-Python loop takes here now, best of ``rounds`` (ms).
+
+    This VM's speed changes from one phase to the next (the same work takes
+    twice the CPU time in a slow phase); a figure per scenario says which
+    phase each row was measured in.
+    """
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
 def _status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
