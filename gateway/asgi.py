@@ -35,7 +35,7 @@ def settle_gc(young_threshold: int) -> None:
     Python's default (one per 700 objects allocated and still alive), 100
     streams at 50 tokens/s ran one every 0.4 s, each stopping every stream for
     0.3 ms and up to several ms; about 1 request in 100 started during one,
-    which added 2 ms to the steady TTFT p99. A gateway makes almost no cyclic
+    which added 1 to 2 ms to the steady TTFT p99. A gateway makes almost no cyclic
     garbage (20,000 requests with no collection at all left RSS where it was),
     so a higher threshold costs no memory to speak of.
     """
