@@ -1,13 +1,15 @@
-"""The served gateway's garbage-collector settings (gateway.asgi.settle_gc)."""
+"""The served gateway's garbage-collector settings (gateway.asgi.settle_gc, run by the lifespan)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from gateway.asgi import settle_gc
+from gateway.asgi import lifespan, settle_gc
 
 
 @pytest.fixture
@@ -32,18 +34,30 @@ def test_settle_gc_freezes_what_is_loaded_and_makes_young_collections_rarer() ->
 
 
 @pytest.mark.usefixtures("restored_gc")
-def test_no_young_collection_before_the_threshold() -> None:
-    settle_gc(50_000)
-    collections: list[int] = []
+def test_the_served_gateway_starts_with_the_configured_threshold(settings: Any) -> None:
+    # The lifespan is what uvicorn runs at start-up: SLUICE_GC_YOUNG_THRESHOLD takes effect there.
+    settings.SLUICE = {**settings.SLUICE, "GC_YOUNG_THRESHOLD": 23_456, "AUDIT_PROCESS": False}
 
-    def note(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            collections.append(info["generation"])
+    async def start() -> list[str]:
+        sent: list[str] = []
+        started = asyncio.Event()
+        messages = iter([{"type": "lifespan.startup"}])
 
-    gc.callbacks.append(note)
-    try:
-        alive: list[list[int]] = [[] for _ in range(5_000)]  # far past Python's default of 700
-    finally:
-        gc.callbacks.remove(note)
-    assert len(alive) == 5_000
-    assert collections == []
+        async def receive() -> dict[str, str]:
+            message = next(messages, None)
+            if message is None:
+                await asyncio.Event().wait()  # no shutdown in this test
+            assert message is not None
+            return message
+
+        async def send(message: dict[str, str]) -> None:
+            sent.append(message["type"])
+            started.set()
+
+        task = asyncio.create_task(lifespan({"type": "lifespan"}, receive, send))
+        await asyncio.wait_for(started.wait(), 10)
+        task.cancel()
+        return sent
+
+    assert asyncio.run(start()) == ["lifespan.startup.complete"]
+    assert gc.get_threshold()[0] == 23_456
