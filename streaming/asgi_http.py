@@ -140,6 +140,7 @@ class StreamResponse:
                 watch.sending()
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 watch.sent()
+                del data  # sent: not held while the next write is read and encoded
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not watch.fired:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -48,11 +48,9 @@ class EndedStream:
 
     async def follow(
         self, cursor: int, *, resumed: bool, keepalive: float | None = None
-    ) -> AsyncIterator[list[Entry] | None]:
-        batch_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
-        async for batch in follow(
-            self.log, cursor, max_batch_bytes=batch_bytes, keepalive=keepalive
-        ):
+    ) -> AsyncIterator[Sequence[Entry] | None]:
+        buffer_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
+        async for batch in follow(self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive):
             yield batch
 
 

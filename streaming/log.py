@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 CHUNK = 0  # an OpenAI chat.completion.chunk (JSON bytes)
@@ -17,6 +18,7 @@ ERROR = 1  # an OpenAI-shaped error object (JSON bytes)
 END = 2  # the stream is over; payload empty
 
 Entry = tuple[int, int, bytes]  # (seq, kind, payload)
+FRAMING_BYTES = 32  # what a wire format adds to an event, at most (``id: <seq>``...)
 
 
 class StreamLogFull(Exception):
@@ -58,7 +60,9 @@ class MemoryStreamLog:
 
     def __init__(self, limits: LogLimits) -> None:
         self._data = bytearray()
-        self._ends = array("Q")  # event i's payload is _data[_ends[i - 1]:_ends[i]]
+        # Event i's payload is _data[_ends[i - 1]:_ends[i]]. An array while the
+        # log grows; once sealed, a view of the sealed bytes (see ``seal``).
+        self._ends: array[int] | memoryview = array("Q")
         self._kinds = bytearray()
         self._waiters: list[asyncio.Future[None]] | None = []  # None once ended
         self.limits = limits
@@ -86,7 +90,7 @@ class MemoryStreamLog:
                 f"{self.limits.max_bytes} bytes)"
             )
         self._data += payload
-        self._ends.append(len(self._data))
+        self._ends.append(len(self._data))  # type: ignore[union-attr]  # live: an array
         self._kinds.append(kind)
         waiters = self._waiters
         if kind == END:
@@ -100,40 +104,45 @@ class MemoryStreamLog:
                     waiter.set_result(None)
         return len(self._kinds)
 
-    def read_after(self, cursor: int, max_bytes: int) -> list[Entry]:
-        """Events after ``cursor``, at most about ``max_bytes`` (at least one)."""
+    def read_after(self, cursor: int, max_bytes: int) -> Sequence[Entry]:
+        """Events after ``cursor``, at least one, at most about ``max_bytes``
+        counting ``FRAMING_BYTES`` per event, for the wire format around it."""
         count = len(self._kinds)
         if cursor < 0 or cursor > count:
             raise CursorTrimmed(f"no event {cursor} in this stream")
-        ends, kinds = self._ends, self._kinds
+        ends = self._ends
         start = ends[cursor - 1] if cursor else 0
         if count == cursor + 1:  # a reader keeping up: one new event
-            return [(count, kinds[cursor], bytes(self._data[start : ends[cursor]]))]
-        out: list[Entry] = []
-        first = start
-        with memoryview(self._data) as data:
-            for index in range(cursor, min(count, cursor + 4096)):
-                end = ends[index]
-                out.append((index + 1, kinds[index], bytes(data[start:end])))
-                start = end
-                if end - first >= max_bytes:
-                    break
-        return out
+            return [(count, self._kinds[cursor], bytes(self._data[start : ends[cursor]]))]
+        stop = cursor
+        while stop < count:
+            stop += 1
+            if ends[stop - 1] - start + FRAMING_BYTES * (stop - cursor) >= max_bytes:
+                break
+        return LogBatch(self, cursor, stop)
 
     def seal(self) -> Sealed:
         """The ended log's events, held by objects the garbage collector does not
-        track (an array is tracked; its bytes are not). Shares the payload buffer."""
+        track (an array is tracked; its bytes are not). Shares the payload buffer.
+
+        The log then reads its ends from the sealed bytes too: readers still
+        following it (a slow client can hold on for READER_STALL_SECONDS) keep
+        one copy of them, not two.
+        """
         if not self.ended:
             raise RuntimeError("only an ended stream log can be sealed")
-        return self._data, self._ends.tobytes(), self._kinds
+        if isinstance(self._ends, array):
+            self._ends = memoryview(self._ends.tobytes()).cast("Q")
+        ends = self._ends.obj
+        assert isinstance(ends, bytes)
+        return self._data, ends, self._kinds
 
     @classmethod
     def unseal(cls, sealed: Sealed) -> MemoryStreamLog:
-        """An ended log over sealed events, to read them again."""
+        """An ended log over sealed events, to read them again (no copy)."""
         data, ends, kinds = sealed
         log = cls(_SEALED)
-        log._data, log._kinds = data, kinds
-        log._ends.frombytes(ends)
+        log._data, log._ends, log._kinds = data, memoryview(ends).cast("Q"), kinds
         log.ended, log._waiters = True, None
         return log
 
@@ -155,3 +164,40 @@ class MemoryStreamLog:
         """Return once there is an event after ``cursor`` (or the log ended)."""
         while len(self._kinds) <= cursor and not self.ended:
             await self.next_append()
+
+
+class LogBatch(Sequence[Entry]):
+    """Events ``first + 1 .. stop`` of a log, read from its buffer when iterated.
+
+    A reader that fell behind gets a batch of thousands of events. As a list of
+    (seq, kind, bytes) tuples it took 1.5 times its payload; held while the
+    encoded batch waits on a slow client, it was a third copy of the batch.
+    This holds only the log and two numbers: each event's payload exists while
+    the encoder uses it. A log only grows, so the events stay where they are.
+    """
+
+    __slots__ = ("_first", "_log", "_stop")
+
+    def __init__(self, log: MemoryStreamLog, first: int, stop: int) -> None:
+        self._log, self._first, self._stop = log, first, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._first
+
+    def __getitem__(self, index: int) -> Entry:  # type: ignore[override]
+        position = index + self._stop if index < 0 else index + self._first
+        if not self._first <= position < self._stop:
+            raise IndexError("batch index out of range")
+        ends = self._log._ends
+        start = ends[position - 1] if position else 0
+        payload = bytes(self._log._data[start : ends[position]])
+        return position + 1, self._log._kinds[position], payload
+
+    def __iter__(self) -> Iterator[Entry]:
+        log = self._log
+        data, ends, kinds = log._data, log._ends, log._kinds
+        start = ends[self._first - 1] if self._first else 0
+        for position in range(self._first, self._stop):
+            end = ends[position]
+            yield position + 1, kinds[position], bytes(data[start:end])
+            start = end

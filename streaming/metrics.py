@@ -284,6 +284,7 @@ async def track_body(
                 tracker.sent += len(data)
                 handed_out = loop.time()
                 yield data
+                del data  # sent: see StreamResponse._pump
     except GeneratorExit:
         slow = loop.time() - handed_out >= stall * 0.99
         tracker.close("slow_client" if slow else "client_gone")

@@ -1,17 +1,17 @@
 """Following a stream from a cursor: replay what was missed, then go live.
 
 Every transport reads through ``follow``, and cuts off a client whose sends
-stall with ``SendWatch``. A reader that falls behind gets
-the events it missed in one larger batch (bounded by
-SLUICE["READER_BUFFER_BYTES"]), so it holds no queue of its own.
+stall with ``SendWatch``. A reader that falls behind gets the events it
+missed in one larger batch, so it holds no queue of its own: what it holds
+is bounded by SLUICE["READER_BUFFER_BYTES"] (see ``follow``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
-from streaming.log import END, Entry, MemoryStreamLog
+from streaming.log import Entry, MemoryStreamLog
 
 
 class _KeepAlive:
@@ -90,10 +90,17 @@ async def follow(
     log: MemoryStreamLog,
     cursor: int,
     *,
-    max_batch_bytes: int,
+    buffer_bytes: int,
     keepalive: float | None = None,
-) -> AsyncIterator[list[Entry] | None]:
-    """Yield batches of entries after ``cursor`` until END; None means 'send a keep-alive'."""
+) -> AsyncIterator[Sequence[Entry] | None]:
+    """Yield batches of entries after ``cursor`` until END; None means 'send a keep-alive'.
+
+    A batch is a view of the log (``LogBatch``), encoded into one write. While
+    a slow client's socket is full, its reader holds that write and the
+    server's own framed copy of it, so a batch is at most half of
+    ``buffer_bytes``: what one reader holds stays within it.
+    """
+    batch_bytes = buffer_bytes // 2
     idle = _KeepAlive(keepalive) if keepalive else None
     try:
         while True:
@@ -108,15 +115,15 @@ async def follow(
                         idle.touch()
                         yield None
                         continue
-            batch = log.read_after(cursor, max_batch_bytes)
+            batch = log.read_after(cursor, batch_bytes)
             if not batch:
                 return
-            cursor = batch[-1][0]
+            cursor += len(batch)
             if idle is not None:
                 idle.touch()
             yield batch
-            if batch[-1][1] == END:
-                return
+            if log.ended and cursor == log.last_seq:
+                return  # that batch ended with END
     finally:
         if idle is not None:
             idle.cancel()

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as redis
@@ -105,7 +105,9 @@ class RedisMirror:
                 "stream %s: redis mirror failed: %s", self.stream_id, type(error).__name__
             )
 
-    async def _write(self, client: redis.Redis, batch: list[Entry], ended: bool, ttl: int) -> None:
+    async def _write(
+        self, client: redis.Redis, batch: Sequence[Entry], ended: bool, ttl: int
+    ) -> None:
         conf = settings.SLUICE
         log_key, meta_key, _ = _keys(self.stream_id)
         async with client.pipeline(transaction=False) as pipe:
@@ -158,7 +160,7 @@ class RemoteStream:
 
     async def follow(
         self, cursor: int, *, resumed: bool, keepalive: float | None = None
-    ) -> AsyncIterator[list[Entry] | None]:
+    ) -> AsyncIterator[Sequence[Entry] | None]:
         """Like reader.follow, over Redis: XREAD from the cursor, blocking when caught up."""
         log_key, _, readers_key = _keys(self.id)
         client = redis_client("blocking")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -154,13 +154,13 @@ class StreamSession:
 
     async def follow(
         self, cursor: int, *, resumed: bool, keepalive: float | None = None
-    ) -> AsyncIterator[list[Entry] | None]:
+    ) -> AsyncIterator[Sequence[Entry] | None]:
         """Read the log from ``cursor`` as one attached reader (see reader.follow)."""
         self.attach(resumed=resumed)
         try:
-            batch_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
+            buffer_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
             async for batch in follow(
-                self.log, cursor, max_batch_bytes=batch_bytes, keepalive=keepalive
+                self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive
             ):
                 yield batch
         finally:

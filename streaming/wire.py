@@ -1,7 +1,9 @@
 """Wire encoders: a batch of log entries in, the bytes one transport sends out.
 
 Plain functions with no I/O. Chunk payloads are already JSON, so encoders
-splice bytes instead of re-encoding per token.
+splice bytes instead of re-encoding per token. A batch of thousands of events
+is written into one growing buffer, not collected as pieces to join: the
+pieces took more memory than the result (see streaming.log.LogBatch).
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ import orjson
 from streaming.log import CHUNK, END, ERROR, Entry
 
 
+def sse_event(seq: int, kind: int, payload: bytes) -> bytes:
+    """One event as OpenAI sends it, plus ``id:`` for resume."""
+    if kind == END:
+        return b"id: %d\ndata: [DONE]\n\n" % seq
+    return b"id: %d\ndata: %s\n\n" % (seq, payload)
+
+
 def sse_batch(entries: Sequence[Entry]) -> bytes:
-    """Server-Sent Events, as OpenAI sends them, plus ``id:`` for resume."""
-    out = []
-    for seq, kind, payload in entries:
-        if kind == END:
-            out.append(b"id: %d\ndata: [DONE]\n\n" % seq)
-        else:
-            out.append(b"id: %d\ndata: %s\n\n" % (seq, payload))
-    return b"".join(out)
+    """Server-Sent Events, one per entry."""
+    if len(entries) == 1:
+        return sse_event(*entries[0])
+    out = bytearray()
+    for entry in entries:
+        out += sse_event(*entry)
+    return bytes(out)
 
 
 def sse_preamble(retry_ms: int) -> bytes:
@@ -32,34 +40,40 @@ def sse_preamble(retry_ms: int) -> bytes:
 SSE_KEEPALIVE = b": keep-alive\n\n"
 
 
+def ndjson_line(seq: int, kind: int, payload: bytes) -> bytes:
+    """``{"seq", "chunk"}``, ``{"seq", "error"}`` or ``{"seq", "done"}``, and a newline."""
+    if kind == CHUNK:
+        return b'{"seq":%d,"chunk":%s}\n' % (seq, payload)
+    if kind == ERROR:
+        return b'{"seq":%d,%s\n' % (seq, payload[1:])
+    return b'{"seq":%d,"done":true}\n' % seq
+
+
 def ndjson_batch(entries: Sequence[Entry]) -> bytes:
-    """One JSON object a line: ``{"seq", "chunk"}``, ``{"seq", "error"}``, ``{"seq", "done"}``."""
-    out = []
-    for seq, kind, payload in entries:
-        if kind == CHUNK:
-            out.append(b'{"seq":%d,"chunk":%s}\n' % (seq, payload))
-        elif kind == ERROR:
-            out.append(b'{"seq":%d,%s\n' % (seq, payload[1:]))
-        else:
-            out.append(b'{"seq":%d,"done":true}\n' % seq)
-    return b"".join(out)
+    """One JSON object a line."""
+    if len(entries) == 1:
+        return ndjson_line(*entries[0])
+    out = bytearray()
+    for entry in entries:
+        out += ndjson_line(*entry)
+    return bytes(out)
 
 
 def text_batch(entries: Sequence[Entry]) -> bytes:
     """Just the generated text, for ``curl -N`` and humans."""
-    out = []
+    out = bytearray()
     for _seq, kind, payload in entries:
         if kind == CHUNK:
             for choice in orjson.loads(payload).get("choices") or ():
                 content = (choice.get("delta") or {}).get("content")
                 if content:
-                    out.append(content.encode())
+                    out += content.encode()
         elif kind == ERROR:
             message = orjson.loads(payload).get("error", {}).get("message", "error")
-            out.append(b"\n[error: " + message.encode() + b"]\n")
+            out += b"\n[error: " + message.encode() + b"]\n"
         else:
-            out.append(b"\n")
-    return b"".join(out)
+            out += b"\n"
+    return bytes(out)
 
 
 def ws_messages(stream_id: str, entries: Sequence[Entry]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import tracemalloc
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from tests.streams.clients import Progress, read_sse
 
 
 def ended_log(*payloads: bytes) -> MemoryStreamLog:
-    log = MemoryStreamLog(LogLimits.shared(100, 10_000))
+    log = MemoryStreamLog(LogLimits.shared(10_000, 1 << 20))
     for payload in payloads:
         log.append(CHUNK, payload)
     log.append(END, b"")
@@ -36,12 +37,30 @@ async def test_a_kept_stream_replays_exactly_what_its_log_held() -> None:
 
     assert found is not None and (found.app_id, found.outcome) == (7, "completed")
     assert found.finished and found.log.ended
-    assert found.log.read_after(0, 1 << 20) == log.read_after(0, 1 << 20)
+    assert list(found.log.read_after(0, 1 << 20)) == list(log.read_after(0, 1 << 20))
     assert await found.remaining(2) and not await found.remaining(4)
     batches = [batch async for batch in found.follow(1, resumed=True)]
-    assert [entry for batch in batches if batch for entry in batch] == log.read_after(1, 1 << 20)
+    replayed = [entry for batch in batches if batch for entry in batch]
+    assert replayed == list(log.read_after(1, 1 << 20))
     gc.collect()
     assert not gc.is_tracked(finished._kept["chatcmpl-kept"])
+
+
+async def test_a_kept_stream_and_its_readers_share_one_copy_of_its_log() -> None:
+    log = ended_log(*(b'{"n":%d}' % i for i in range(3000)))
+    finished.keep("chatcmpl-shared", 7, "completed", log, ttl=60)
+
+    tracemalloc.start()
+    try:
+        found = finished.find("chatcmpl-shared")
+        assert found is not None
+        replay = found.log.read_after(0, 1 << 20)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert list(replay) == list(log.read_after(0, 1 << 20))
+    assert held < 2048, f"a replaying reader copied {held} bytes of a {log.size} byte log"
 
 
 async def test_kept_streams_expire_in_deadline_order() -> None:
@@ -64,7 +83,7 @@ async def test_kept_streams_expire_in_deadline_order() -> None:
 
 
 def test_only_an_ended_log_can_be_kept() -> None:
-    log = MemoryStreamLog(LogLimits.shared(100, 10_000))
+    log = MemoryStreamLog(LogLimits.shared(10_000, 1 << 20))
     log.append(CHUNK, b"{}")
     with pytest.raises(RuntimeError):
         log.seal()
