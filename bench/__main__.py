@@ -52,10 +52,11 @@ NOTES = [
     "load generator is bench/load.py (aiohttp on uvloop), each in its own process. "
     "On 2 cores they compete with the gateway for CPU: saturation figures are a "
     "floor for what one gateway process relays on a core of its own.",
-    "Stalled reader: the baseline column is the same stream read by a client that "
-    "keeps up (same log), so the difference is what a stalled reader costs; on "
-    "uvicorn each figure is the median of 3 runs (a single run's peak RSS is "
-    "±1 MiB noise).",
+    "Stalled readers: the baseline column is the same stream read by one client "
+    "that keeps up (same log); the other column has 8 clients on that stream that "
+    "stop reading after the response head, so the difference divided by 8 is what "
+    "one stalled reader holds. On uvicorn each figure is the median of 3 runs (a "
+    "single run's peak RSS is ±1 MiB noise, which 8 readers divide by 8).",
 ]
 
 

@@ -52,6 +52,7 @@ class Sizes:
     stall_seconds: float = 2.0  # SLUICE_READER_STALL_SECONDS for the stalled reader
     ttl_seconds: int = 6  # SLUICE_STREAM_TTL_SECONDS for the stalled reader
     stall_runs: int = 3  # the stalled reader's figures are medians of this many runs
+    stall_readers: int = 8  # readers on the stalled stream, all stalled or all keeping up
     sustained_requests: int = 20_000
 
     @classmethod
@@ -70,6 +71,7 @@ class Sizes:
             stall_seconds=1.0,
             ttl_seconds=3,
             stall_runs=1,
+            stall_readers=2,
             sustained_requests=200,
         )
 

@@ -50,6 +50,7 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     from audit.writer import audit_writer_stop, audit_writer_use_process
     from streaming.livestats import ensure_ticker
+    from streaming.memory import map_large_buffers
     from streaming.redis_log import close_redis_clients
     from streaming.upstream import close_upstream_pool
 
@@ -59,6 +60,7 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if settings.SLUICE["AUDIT_PROCESS"]:
                 audit_writer_use_process()
             settle_gc(settings.SLUICE["GC_YOUNG_THRESHOLD"])
+            map_large_buffers()
             ensure_ticker()  # every worker publishes its live numbers from the start
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":

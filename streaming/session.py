@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -278,6 +279,21 @@ class StreamSession:
         _sessions.pop(self.id, None)
         ttl = settings.SLUICE["STREAM_TTL_SECONDS"]
         finished.keep(self.id, self.app_id, audit.outcome, self.log, ttl)
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Drop what only the generation and its audit needed.
+
+        Readers of an ended stream use its log and its outcome, and they can
+        hold the session long after the end: a slow client for as long as it
+        reads, a stalled one until it is cut off. The request, the text and
+        the transcript go now (the audit writer has its own entry); a
+        non-streaming response is built from the transcript, so that stays.
+        """
+        self.request = replace(self.request, messages=[])
+        self.audit = replace(self.audit, request_messages=[], response_text="", tool_calls=[])
+        if self.audit.protocol != "json":
+            self.transcript = Transcript()
 
 
 def cancel_local(stream_id: str) -> None:
