@@ -143,6 +143,8 @@ class AuditWriter:
                 batch, control = self._collect()
                 if batch:
                     self._write_batch(batch)
+                # Not kept while waiting for the next one: prompts and texts can be big.
+                del batch
                 if control is not None:
                     control.done.set()
                     if control.stop:

@@ -8,6 +8,7 @@ audit record gets all of them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -60,6 +61,7 @@ def demo_session(prompt: str, protocol: str) -> StreamSession:
 async def test_a_reader_of_an_ended_stream_holds_its_log_not_its_prompt_or_text() -> None:
     prompt = "tell me about sluices " * 5000
     session = demo_session(prompt, "sse")
+    held_by_the_request = sys.getrefcount(prompt)
     reader = session.follow(0, resumed=False)  # holds the session, like a slow client
     session.start()
 
@@ -71,6 +73,8 @@ async def test_a_reader_of_an_ended_stream_holds_its_log_not_its_prompt_or_text(
     assert session.audit.outcome == "completed"
     assert session.request.messages == [] and session.audit.request_messages == []
     assert session.transcript.text == "" and session.audit.response_text == ""
+    # Nothing else holds it either: not the audit writer, once the record is written.
+    assert sys.getrefcount(prompt) == held_by_the_request - 1
     record = await AuditRecord.objects.aget(request_id=session.id)
     assert record.request_messages == [{"role": "user", "content": prompt}]
     assert record.response_text.startswith('You asked: "tell me about sluices')
