@@ -144,8 +144,9 @@ def test_retry_after_is_honoured_before_retrying_the_same_target(sdk, alice, ups
     assert got.text == "Hello from the backup."
     first, second = upstream.requests_for(limited)
     assert second.received_at - first.received_at >= 0.95  # Retry-After: 1, not the 10 ms backoff
-    # ...but the backup was not made to wait for the first provider's Retry-After.
-    assert upstream.requests_for(backup)[0].received_at - second.received_at < 0.5
+    # ...but the backup was not made to wait for the first provider's Retry-After
+    # (had it waited, this gap would be at least the 1 s the 429 asked for).
+    assert upstream.requests_for(backup)[0].received_at - second.received_at < 0.9
     record = wait_for_audit(got.stream_id)
     assert attempts(record) == [
         ("failed", "rate_limited", False),
