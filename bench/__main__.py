@@ -53,10 +53,10 @@ NOTES = [
     "On 2 cores they compete with the gateway for CPU: saturation figures are a "
     "floor for what one gateway process relays on a core of its own.",
     "Stalled readers: the baseline column is the same stream read by one client "
-    "that keeps up (same log); the other column has 8 clients on that stream that "
-    "stop reading after the response head, so the difference divided by 8 is what "
-    "one stalled reader holds. On uvicorn each figure is the median of 3 runs (a "
-    "single run's peak RSS is ±1 MiB noise, which 8 readers divide by 8).",
+    "that keeps up (same log); the other column has N clients on that stream that "
+    "stop reading after the response head (N in the metric), so the difference "
+    "divided by N is what one stalled reader holds. On uvicorn each figure is the "
+    "median of 3 runs (a single run's peak RSS is ±1 MiB noise, which N divides).",
 ]
 
 

@@ -8,7 +8,7 @@ pieces took more memory than the result (see streaming.log.LogBatch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -24,12 +24,7 @@ def sse_event(seq: int, kind: int, payload: bytes) -> bytes:
 
 def sse_batch(entries: Sequence[Entry]) -> bytes:
     """Server-Sent Events, one per entry."""
-    if len(entries) == 1:
-        return sse_event(*entries[0])
-    out = bytearray()
-    for entry in entries:
-        out += sse_event(*entry)
-    return bytes(out)
+    return _each(sse_event, entries)
 
 
 def sse_preamble(retry_ms: int) -> bytes:
@@ -51,11 +46,16 @@ def ndjson_line(seq: int, kind: int, payload: bytes) -> bytes:
 
 def ndjson_batch(entries: Sequence[Entry]) -> bytes:
     """One JSON object a line."""
+    return _each(ndjson_line, entries)
+
+
+def _each(encode: Callable[[int, int, bytes], bytes], entries: Sequence[Entry]) -> bytes:
+    """``encode`` of every entry, end to end (one entry, the usual case: no buffer)."""
     if len(entries) == 1:
-        return ndjson_line(*entries[0])
+        return encode(*entries[0])
     out = bytearray()
     for entry in entries:
-        out += ndjson_line(*entry)
+        out += encode(*entry)
     return bytes(out)
 
 
