@@ -48,7 +48,8 @@ def _stop_writers(writers: list[AuditWriter]):
 
 
 def _writer(writers: list[AuditWriter], write: FlakyWrite, **options) -> AuditWriter:
-    writer = AuditWriter(backoff_seconds=0, batch_seconds=0.01, write=write, **options)
+    options.setdefault("batch_seconds", 0.01)
+    writer = AuditWriter(backoff_seconds=0, write=write, **options)
     writers.append(writer)
     return writer
 
@@ -168,3 +169,31 @@ def test_stop_writes_what_is_queued_and_a_later_submit_restarts(writers) -> None
 
 def test_flush_without_any_submit_returns_at_once(writers) -> None:
     assert _writer(writers, FlakyWrite()).flush(timeout=0.01)
+
+
+def test_entries_wait_for_the_period_and_go_out_together(writers) -> None:
+    # The thread is not woken per entry (each wake-up takes the GIL from the
+    # event loop): entries submitted within one period are one write.
+    write = FlakyWrite()
+    writer = _writer(writers, write, batch_seconds=0.5)
+    for request_id in ("a", "b", "c"):
+        writer.submit(make_entry(request_id))
+    assert write.entered.wait(5)  # written after the period, without a flush
+    assert writer.flush()
+    assert write.calls == [["a", "b", "c"]]
+
+
+def test_a_flush_or_a_full_batch_does_not_wait_for_the_period(writers) -> None:
+    # A period longer than every timeout below: only a wake-up can explain a write.
+    write = FlakyWrite()
+    writer = _writer(writers, write, batch_size=2, batch_seconds=3600)
+    writer.submit(make_entry("one"))
+    assert writer.flush(timeout=5)
+    assert write.calls == [["one"]]
+
+    write.entered.clear()
+    writer.submit(make_entry("two"))
+    writer.submit(make_entry("three"))  # a full batch
+    assert write.entered.wait(5)
+    assert writer.flush()
+    assert write.calls == [["one"], ["two", "three"]]
