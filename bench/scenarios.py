@@ -39,9 +39,9 @@ PACED_DELAY = 0.02  # 50 tokens/s
 class Sizes:
     """How big each scenario is; ``quick`` shrinks them for the smoke test."""
 
-    # A p99 is taken over thousands of requests: in 500 (1.2 s of sequential
-    # requests, 10 s of paced ones) one hiccup of this VM lasting 50 to 100 ms
-    # delayed enough consecutive requests to set the p99 by itself.
+    # The p99 rows count thousands of requests. Over 500 sequential ones
+    # (1.2 s), one 80 ms hiccup of this VM (direct requests slow in it too)
+    # held 7 of the run's 12 slowest and set the p99 by itself.
     sequential_requests: int = 2000
     paced_streams: int = 100
     paced_tokens: int = 100
@@ -225,8 +225,8 @@ def paced(bench: Bench) -> list[Row]:
     Steady: the streams' starts are spread over one stream's length, so about
     100 are in flight from then on, new ones arriving as others end (50 a
     second); TTFT counts the requests that arrived once all 100 were
-    running: 1,500 of them over 30 s, so the p99 is the 15th worst (over 500,
-    the 5th worst, one hiccup of this VM set it by itself). Burst: 100
+    running: 1,500 of them over 30 s, so the p99 is the 15th worst, not the
+    5th of 500, which a single short hiccup of this VM can fill. Burst: 100
     requests at the same instant, reported for what a thundering herd costs
     (every request's set-up queues behind the others').
     """
