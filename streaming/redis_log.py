@@ -161,8 +161,13 @@ class RemoteStream:
     async def follow(
         self, cursor: int, *, resumed: bool, keepalive: float | None = None
     ) -> AsyncIterator[Sequence[Entry] | None]:
-        """Like reader.follow, over Redis: XREAD from the cursor, blocking when caught up."""
-        log_key, _, readers_key = _keys(self.id)
+        """Like reader.follow, over Redis: XREAD from the cursor, blocking when caught up.
+
+        A finished stream's log holds every event up to END, so finding nothing
+        after the cursor means its keys expired under the reader: that is
+        CursorTrimmed, never a wait for events that cannot come.
+        """
+        log_key, meta_key, readers_key = _keys(self.id)
         client = redis_client("blocking")
         max_batch_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
         block_ms = int((keepalive or 5.0) * 1000)
@@ -173,8 +178,15 @@ class RemoteStream:
             if time.monotonic() - touched > abandon / 3:
                 await client.set(readers_key, b"1", ex=max(1, int(abandon)))
                 touched = time.monotonic()
-            reply: Any = await client.xread({log_key: f"{cursor}-0"}, count=count, block=block_ms)
+            block = None if self.finished else block_ms
+            reply: Any = await client.xread({log_key: f"{cursor}-0"}, count=count, block=block)
             if not reply:
+                if self.finished:
+                    raise CursorTrimmed(f"stream {self.id} expired while it was read")
+                status = await redis_client().hget(meta_key, "status")
+                if status is None:
+                    raise CursorTrimmed(f"stream {self.id} expired while it was read")
+                self.finished = status == b"done"  # if so, the next read settles it at once
                 yield None
                 continue
             batch = [(_seq(eid), int(f[b"k"]), f[b"d"]) for eid, f in reply[0][1]]

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+import redis
 from websockets.sync.client import connect
 
 from tests.conftest import unique, wait_for_audit
@@ -107,3 +108,33 @@ def test_b_applies_ownership_and_404(pair, alice, bob, model):
     assert (
         httpx.get(f"{b.url}/v1/streams/chatcmpl-missing", headers=alice.headers).status_code == 404
     )
+
+
+def test_a_finished_stream_whose_log_runs_out_is_not_waited_on_forever(pair, alice, model):
+    """B finds nothing after the cursor of a finished stream (its keys expired under
+    the reader, here its END taken away): the reader gets what there was and a
+    broken connection at once, not keep-alives for events that cannot come."""
+    a, b = pair
+    progress = start_sse(a.url, alice.headers, model[0], stop_after=2)
+    wait_for_audit(progress.stream_id)  # ended on A, END mirrored to Redis
+    log_key = f"sluice:stream:{progress.stream_id}:log"
+    with redis.Redis.from_url(REDIS_URL) as client:
+        ((last_id, _),) = client.xrevrange(log_key, count=1)
+        assert client.xdel(log_key, last_id) == 1
+
+    rest = Progress(cursor=progress.cursor)
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream(
+            "GET",
+            f"{b.url}/v1/streams/{progress.stream_id}",
+            headers={**alice.headers, "Last-Event-ID": str(progress.cursor)},
+            timeout=30,
+        ) as response,
+    ):
+        assert response.status_code == 200
+        read_sse(response, rest, None)
+
+    # Without the check B never ended the response (a keep-alive every second
+    # kept the read timeout from firing): the test ran into its timeout instead.
+    assert progress.content + rest.content == "".join(TOKENS) and not rest.done
