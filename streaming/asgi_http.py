@@ -20,8 +20,10 @@ from urllib.parse import parse_qsl
 
 import orjson
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from streaming.errors import ApiError
+from streaming.log import CursorTrimmed
 from streaming.logging import bind, request_id
 from streaming.reader import SendWatch
 
@@ -147,7 +149,15 @@ class StreamResponse:
                 raise
             watch.task.uncancel()
             logger.info("reader stalled for %ss: disconnecting it", watch.limit)
-            abort_connection(send)
+            await abort_connection(send)
+        except (CursorTrimmed, RedisError) as error:
+            # The events still to send are gone (a stream read through Redis
+            # expired under its reader) or cannot be read now. The head is out:
+            # the response can only break, so the client sees an unfinished
+            # stream (and can try to resume), not a clean end.
+            reason = str(error) if isinstance(error, CursorTrimmed) else type(error).__name__
+            logger.warning("%s: breaking the response", reason)
+            await break_response(send, watch.limit)
         finally:
             watch.cancel()
             await _close(body)
@@ -159,7 +169,23 @@ async def _close(body: AsyncIterator[bytes]) -> None:
         await aclose()
 
 
-def abort_connection(send: Send) -> None:
+async def break_response(send: Send, limit: float) -> None:
+    """End a started response unfinished: what was written still reaches the
+    client, then the connection closes without the body's last chunk.
+
+    uvicorn reports the closed connection as a disconnect once its buffer is
+    flushed, and the response's disconnect watcher then cancels this wait. A
+    client that does not read for ``limit`` seconds is cut off instead.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        return
+    transport.close()
+    await asyncio.sleep(limit)
+    await abort_connection(send)
+
+
+async def abort_connection(send: Send) -> None:
     """Drop the client's connection now, discarding what is buffered for it.
 
     ASGI has no way to abort a response. Returning early makes uvicorn close
@@ -170,6 +196,10 @@ def abort_connection(send: Send) -> None:
     RST instead of leaving the kernel to flush its send buffer to a reader
     that never takes it. Elsewhere (daphne, whose ``send`` never waits)
     returning is all we can do.
+
+    The transport reports the lost connection in the next loop iteration:
+    waiting for it lets uvicorn see a client that is gone, not an app that
+    returned without finishing its response (which it logs as an error).
     """
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if transport is None or not hasattr(transport, "abort"):
@@ -179,6 +209,7 @@ def abort_connection(send: Send) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
+    await asyncio.sleep(0)
 
 
 async def wait_disconnect(receive: Receive) -> None:

@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from accounts.identity import AppIdentity, AuthError, authenticate
 from streaming import metrics, wire
 from streaming.errors import ApiError
+from streaming.log import CursorTrimmed
 from streaming.logging import bind, request_id
 from streaming.reader import SendWatch
 from streaming.routes import resolve_route
 from streaming.schema import parse_chat_request
 from streaming.session import StreamSession
 from streaming.streams import StreamHandle, check_cursor, find_stream
+
+logger = logging.getLogger("sluice.ws")
 
 TICKET_SUBPROTOCOL = "sluice.ticket."
 
@@ -162,6 +167,19 @@ class StreamConsumer(AsyncWebsocketConsumer):
             watch.task.uncancel()
             with contextlib.suppress(Exception):
                 await self.close(code=4008)
+        except (CursorTrimmed, RedisError) as error:
+            # The events still to send are gone (the stream expired under its
+            # reader) or cannot be read now. Other streams share the socket:
+            # this one alone ends, with an error saying no more will come.
+            reason = str(error) if isinstance(error, CursorTrimmed) else type(error).__name__
+            logger.warning("stream %s: relay ended: %s", handle.id, reason)
+            failure = (
+                ApiError(409, f"{error}; no more of it can be sent", code="cursor_out_of_range")
+                if isinstance(error, CursorTrimmed)
+                else ApiError(503, "the stream cannot be read now", code="stream_unavailable")
+            )
+            with contextlib.suppress(Exception):
+                await self._error(failure, {"stream_id": handle.id})
         finally:
             watch.cancel()
 

@@ -110,17 +110,30 @@ def test_b_applies_ownership_and_404(pair, alice, bob, model):
     )
 
 
-def test_a_finished_stream_whose_log_runs_out_is_not_waited_on_forever(pair, alice, model):
-    """B finds nothing after the cursor of a finished stream (its keys expired under
-    the reader, here its END taken away): the reader gets what there was and a
-    broken connection at once, not keep-alives for events that cannot come."""
-    a, b = pair
-    progress = start_sse(a.url, alice.headers, model[0], stop_after=2)
+def _finished_with_its_end_gone(a: GatewayServer, alice, route: str) -> Progress:
+    """A stream read on A up to a cursor, finished there; then its END is taken
+    out of Redis: to a reader on B, its keys expired while it read."""
+    progress = start_sse(a.url, alice.headers, route, stop_after=2)
     wait_for_audit(progress.stream_id)  # ended on A, END mirrored to Redis
     log_key = f"sluice:stream:{progress.stream_id}:log"
     with redis.Redis.from_url(REDIS_URL) as client:
         ((last_id, _),) = client.xrevrange(log_key, count=1)
         assert client.xdel(log_key, last_id) == 1
+    return progress
+
+
+def _log_from(server: GatewayServer, offset: int) -> str:
+    return server.log_path.read_text(errors="replace")[offset:]
+
+
+def test_a_finished_stream_whose_log_runs_out_is_not_waited_on_forever(pair, alice, model):
+    """B finds nothing after the cursor of a finished stream (its keys expired under
+    the reader, here its END taken away): the reader gets what there was and a
+    broken connection at once, not keep-alives for events that cannot come. B
+    logs it as one warning, not as an exception in the ASGI application."""
+    a, b = pair
+    progress = _finished_with_its_end_gone(a, alice, model[0])
+    log_offset = len(b.log_path.read_text(errors="replace"))
 
     rest = Progress(cursor=progress.cursor)
     with (
@@ -138,3 +151,30 @@ def test_a_finished_stream_whose_log_runs_out_is_not_waited_on_forever(pair, ali
     # Without the check B never ended the response (a keep-alive every second
     # kept the read timeout from firing): the test ran into its timeout instead.
     assert progress.content + rest.content == "".join(TOKENS) and not rest.done
+    log = _log_from(b, log_offset)
+    assert f"stream {progress.stream_id} expired while it was read: breaking the response" in log
+    assert "Traceback" not in log and "ASGI" not in log
+
+
+def test_a_websocket_reader_whose_stream_runs_out_is_told_and_keeps_its_socket(pair, alice, model):
+    """The same on a WebSocket, which carries other streams: the client gets the
+    events there were, then an error for that stream, and the socket still works."""
+    a, b = pair
+    progress = _finished_with_its_end_gone(a, alice, model[0])
+
+    rest = Progress(cursor=progress.cursor)
+    with connect(b.url.replace("http", "ws") + "/v1/ws", additional_headers=alice.headers) as ws:
+        ws.send(
+            json.dumps(
+                {"type": "stream.resume", "stream_id": progress.stream_id, "after": progress.cursor}
+            )
+        )
+        while (message := json.loads(ws.recv(timeout=10)))["type"] == "chunk":
+            rest.take_chunk(message["seq"], message["chunk"])
+        ws.send(json.dumps({"type": "ping"}))
+        pong = json.loads(ws.recv(timeout=10))
+
+    assert progress.content + rest.content == "".join(TOKENS)
+    assert message["type"] == "error" and message["stream_id"] == progress.stream_id
+    assert message["status"] == 409 and message["error"]["code"] == "cursor_out_of_range"
+    assert pong["type"] == "pong"
