@@ -249,6 +249,12 @@ def _build_request(scope: Scope, body: bytes, receive: Receive) -> ApiRequest:
     )
 
 
+async def unknown_url(scope: Scope, receive: Receive, send: Send) -> None:
+    """An API path that does not exist: a JSON 404 an SDK can read, not an HTML page."""
+    error = ApiError(404, f"Invalid URL ({scope['method']} {scope['path']})", code="unknown_url")
+    await JsonResponse(error.body(), status=404).send(send, receive)
+
+
 Handler = Callable[[ApiRequest], Awaitable[JsonResponse | StreamResponse]]
 
 

@@ -3,8 +3,9 @@
 HTTP: ``/v1/...`` goes to its ASGI endpoint through one dict lookup (plus
 one regex for ``/v1/streams/<id>``); Channels' URLRouter, which walks
 Django URL patterns and copies the scope, cost more per request than
-authenticating it. Everything else (admin, /o/, /metrics, pages) goes to
-Django. WebSocket connections are rarer and long-lived: Channels routes them.
+authenticating it. Any other ``/v1/`` path is an OpenAI-style JSON 404.
+Everything else (admin, /o/, /metrics, pages) goes to Django. WebSocket
+connections are rarer and long-lived: Channels routes them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from django.urls import URLPattern, path
 
 from streaming import api
-from streaming.asgi_http import Receive, Scope, Send
+from streaming.asgi_http import Receive, Scope, Send, unknown_url
 from streaming.consumers import StreamConsumer
 
 EXACT = {
@@ -43,7 +44,8 @@ class HttpRouter:
         if app is None:
             match = STREAM_PATH.fullmatch(route)
             if match is None:
-                await self.fallback(scope, receive, send)
+                api_path = route == "/v1" or route.startswith("/v1/")
+                await (unknown_url if api_path else self.fallback)(scope, receive, send)
                 return
             scope = {**scope, "url_route": {"args": (), "kwargs": match.groupdict()}}
             app = api.stream_app

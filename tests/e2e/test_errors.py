@@ -166,3 +166,19 @@ def test_sdk_raises_on_midstream_error(sdk, alice, make_route, upstream):
 def test_method_not_allowed(gateway, alice):
     response = httpx.get(f"{gateway.url}/v1/chat/completions", headers=alice.headers)
     assert_error(response, 405)
+
+
+def test_an_api_path_that_does_not_exist_is_a_json_404_the_sdk_reads(sdk, gateway, alice):
+    """An SDK call Sluice does not serve (embeddings here) gets OpenAI's own answer to
+    an unknown URL, not Django's HTML page; so does a malformed stream id."""
+    with pytest.raises(openai.NotFoundError) as raised:
+        sdk(alice).embeddings.create(model="any", input="hi")
+    assert raised.value.status_code == 404
+    assert raised.value.body["message"] == "Invalid URL (POST /v1/embeddings)"
+    assert raised.value.code == "unknown_url"
+
+    response = httpx.get(f"{gateway.url}/v1/streams/{'x' * 200}", headers=alice.headers)
+    assert_error(response, 404, "unknown_url")
+    assert response.headers["content-type"] == "application/json"
+    # Outside /v1/ Django still answers (its pages, admin and OAuth2 live there).
+    assert httpx.get(f"{gateway.url}/nothing-here").headers["content-type"].startswith("text/html")
