@@ -33,6 +33,7 @@ logger = logging.getLogger("sluice.redis")
 CANCEL_CHANNEL = "sluice:cancel"
 _clients: dict[tuple[asyncio.AbstractEventLoop, str], redis.Redis] = {}
 _listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+FOLLOW_BLOCK_SECONDS = 5.0  # a reader with no keep-alive to send checks its stream this often
 
 
 def redis_enabled() -> bool:
@@ -40,12 +41,25 @@ def redis_enabled() -> bool:
 
 
 def redis_client(purpose: str = "default") -> redis.Redis:
-    """A client for this event loop; 'blocking' gets its own pool for XREAD BLOCK."""
+    """A client for this event loop; 'blocking' gets its own pool for XREAD BLOCK.
+
+    redis-py 8 times a socket read out after 5 s unless told otherwise, then
+    retries the command. An XREAD that blocks for the SSE keep-alive interval
+    (15 s) timed out, started its wait over, and never came back empty: a
+    reader on another instance sent no keep-alives through a silence, and one
+    longer than the retries broke its response. Blocking reads get a read
+    timeout past the longest block; other commands keep the 5 s default.
+    """
     key = (asyncio.get_running_loop(), purpose)
     client = _clients.get(key)
     if client is None:
-        size = 1000 if purpose == "blocking" else 50
-        client = _clients[key] = redis.Redis.from_url(settings.REDIS_URL, max_connections=size)
+        url = settings.REDIS_URL
+        if purpose == "blocking":
+            timeout = max(settings.SLUICE["SSE_KEEPALIVE_SECONDS"], FOLLOW_BLOCK_SECONDS) + 5.0
+            client = redis.Redis.from_url(url, max_connections=1000, socket_timeout=timeout)
+        else:
+            client = redis.Redis.from_url(url, max_connections=50)
+        _clients[key] = client
     return client
 
 
@@ -170,8 +184,11 @@ class RemoteStream:
         log_key, meta_key, readers_key = _keys(self.id)
         client = redis_client("blocking")
         max_batch_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
-        block_ms = int((keepalive or 5.0) * 1000)
         abandon = settings.SLUICE["STREAM_ABANDON_SECONDS"]
+        # The reader's mark (below) lasts ``abandon`` seconds and is renewed
+        # between reads: a read blocking longer let it lapse, and the instance
+        # running the stream abandoned it with this reader still on it.
+        block_ms = int(min(keepalive or FOLLOW_BLOCK_SECONDS, abandon / 2) * 1000)
         touched = 0.0
         count = max(1, max_batch_bytes // 256)
         while True:

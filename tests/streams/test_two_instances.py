@@ -178,3 +178,65 @@ def test_a_websocket_reader_whose_stream_runs_out_is_told_and_keeps_its_socket(p
     assert message["type"] == "error" and message["stream_id"] == progress.stream_id
     assert message["status"] == 409 and message["error"]["code"] == "cursor_out_of_range"
     assert pong["type"] == "pong"
+
+
+def test_an_idle_websocket_stays_open(pair, alice):
+    """redis-py 8 times socket reads out after 5 s unless told otherwise, and the
+    channel layer's receive blocks on Redis for 5 s at a time: every WebSocket
+    idle that long was torn down (channels_redis#422). It must just stay open."""
+    a, _ = pair
+    with connect(a.url.replace("http", "ws") + "/v1/ws", additional_headers=alice.headers) as ws:
+        time.sleep(12)  # two of the layer's 5 s blocking reads
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "pong"
+
+
+@pytest.mark.parametrize(
+    ("keepalive", "abandon"),
+    [
+        # B blocks on Redis 6 s at a time: longer than redis-py's 5 s read timeout,
+        # which timed the read out and retried it, starting the wait over, so
+        # through the silence no keep-alive came.
+        ("6", "30"),
+        # ... and longer than B's mark that it reads the stream lasts (2 s): A
+        # abandoned the stream with B's reader still on it.
+        ("6", "2"),
+    ],
+)
+def test_a_reader_on_b_gets_keep_alives_through_a_long_silence(
+    alice, make_route, upstream, pair, keepalive, abandon
+):
+    """B waits on Redis for A's next event at most the keep-alive interval, then sends
+    a keep-alive (which keeps proxies from cutting an idle stream); the stream goes
+    on to its end."""
+    a, _ = pair
+    env = server_env(
+        REDIS_URL=REDIS_URL,
+        SLUICE_SSE_KEEPALIVE_SECONDS=keepalive,
+        SLUICE_STREAM_ABANDON_SECONDS=abandon,
+    )
+    b = GatewayServer(env=env).start()
+    try:
+        upstream_model = unique("silent")
+        upstream.script(upstream_model, tokens=["first ", "second"], delay=8.0)
+        route = make_route(("openai", upstream.base_url, upstream_model))
+        progress = start_sse(a.url, alice.headers, route, stop_after=1)
+        lines = []
+        with httpx.stream(
+            "GET",
+            f"{b.url}/v1/streams/{progress.stream_id}",
+            headers={**alice.headers, "Last-Event-ID": str(progress.cursor)},
+            timeout=30,
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                lines.append(line)
+                if line == "data: [DONE]":
+                    break
+    finally:
+        b.stop()
+
+    assert not any('"error"' in line for line in lines), lines
+    second = next(i for i, line in enumerate(lines) if '"content":"second"' in line)
+    assert ": keep-alive" in lines[:second], lines
+    assert lines[-1] == "data: [DONE]"
