@@ -39,6 +39,12 @@ TICKET_SUBPROTOCOL = "sluice.ticket."
 class StreamConsumer(AsyncWebsocketConsumer):
     """Thin: parse, check, hand off to a StreamSession, relay its log."""
 
+    # Not on the channel layer. Nothing reaches a stream socket through it (streams
+    # come from their log; what instances share goes through Redis directly), and
+    # a socket on the layer died with it: when Redis was down, every WebSocket
+    # was closed, even those streaming from this very process.
+    channel_layer_alias = None
+
     identity: AppIdentity
     readers: dict[str, asyncio.Task[None]]
 

@@ -86,7 +86,7 @@ def read_ndjson(response: httpx.Response, progress: Progress, stop_after: int | 
             return
 
 
-def start_sse(base: str, headers: dict[str, str], model: str, stop_after: int) -> Progress:
+def start_sse(base: str, headers: dict[str, str], model: str, stop_after: int | None) -> Progress:
     """POST a streaming chat request and read ``stop_after`` events, then hang up."""
     progress = Progress()
     body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}

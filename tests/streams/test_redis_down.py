@@ -1,0 +1,44 @@
+"""A gateway configured with Redis keeps serving its own streams while Redis is down.
+
+Redis carries what instances share (resume elsewhere, cross-instance cancel);
+a stream produced and read on one instance needs none of it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from websockets.sync.client import connect
+
+from tests.live import GatewayServer, free_port, server_env
+from tests.streams.clients import start_sse
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.django_db(transaction=True)]
+CHAT = {"stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def redis_down(django_db_setup):
+    # A port nothing listens on: every Redis call is refused.
+    server = GatewayServer(env=server_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"))
+    yield server.start()
+    server.stop()
+
+
+def test_a_websocket_streams_and_stays_open_while_redis_is_down(redis_down, alice, demo_model):
+    with connect(
+        redis_down.url.replace("http", "ws") + "/v1/ws", additional_headers=alice.headers
+    ) as ws:
+        ws.send(json.dumps({"type": "chat.create", "request_id": "r", "model": demo_model, **CHAT}))
+        kinds = []
+        while not kinds or kinds[-1] != "stream.done":
+            kinds.append(json.loads(ws.recv(timeout=10))["type"])
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+    assert kinds[0] == "stream.created" and "chunk" in kinds and "error" not in kinds
+
+
+def test_sse_streams_while_redis_is_down(redis_down, alice, demo_model):
+    progress = start_sse(redis_down.url, alice.headers, demo_model, stop_after=None)
+    assert progress.done and progress.content and progress.error is None
