@@ -96,8 +96,8 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 # The layer's receive blocks on Redis for 5 s (BZPOPMIN), and
-                # redis-py 8 times reads out after 5 s by default: the timeout
-                # tore down every WebSocket idle that long (channels_redis#422).
+                # redis-py 8 times reads out after 5 s by default: receive raised
+                # instead of waiting (channels_redis#422).
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "prefix": "sluice:chan:",
             },

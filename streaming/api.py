@@ -24,7 +24,7 @@ from streaming.providers import ChatRequest
 from streaming.routes import ResolvedRoute, resolve_route, route_names
 from streaming.schema import parse_chat_request, parse_json_body
 from streaming.session import StreamSession
-from streaming.streams import StreamHandle, check_cursor, find_stream
+from streaming.streams import StreamHandle, check_cursor, find_stream, request_cancel
 
 SSE = b"text/event-stream; charset=utf-8"
 NDJSON = b"application/x-ndjson"
@@ -249,7 +249,7 @@ async def cancel_stream(request: ApiRequest) -> JsonResponse:
     identity = await _identity(request, purpose=f"stream:{stream_id}")
     handle = await find_stream(identity, stream_id)
     was_running = not handle.finished
-    await handle.request_cancel()
+    await request_cancel(handle)
     return JsonResponse({"id": handle.id, "object": "stream", "cancelled": was_running})
 
 

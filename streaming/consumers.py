@@ -29,7 +29,7 @@ from streaming.reader import SendWatch
 from streaming.routes import resolve_route
 from streaming.schema import parse_chat_request
 from streaming.session import StreamSession
-from streaming.streams import StreamHandle, check_cursor, find_stream
+from streaming.streams import StreamHandle, check_cursor, find_stream, request_cancel
 
 logger = logging.getLogger("sluice.ws")
 
@@ -98,7 +98,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await self._resume(message)
         elif kind == "stream.cancel":
             stream_id = str(message.get("stream_id", ""))
-            await (await find_stream(self.identity, stream_id)).request_cancel()
+            await request_cancel(await find_stream(self.identity, stream_id))
         elif kind == "ping":
             await self.send(text_data='{"type":"pong"}')
         else:

@@ -99,6 +99,18 @@ def start_sse(base: str, headers: dict[str, str], model: str, stop_after: int | 
     return progress
 
 
+def resume_sse(base: str, headers: dict[str, str], progress: Progress) -> None:
+    """Resume ``progress``'s stream after its cursor (``Last-Event-ID``) and read to the end."""
+    with httpx.stream(
+        "GET",
+        f"{base}/v1/streams/{progress.stream_id}",
+        headers={**headers, "Last-Event-ID": str(progress.cursor)},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        read_sse(response, progress, None)
+
+
 def http_attempt(
     base: str,
     headers: dict[str, str],

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from websockets.sync.client import connect
 
 from tests.live import GatewayServer, free_port, server_env
-from tests.streams.clients import start_sse
+from tests.streams.clients import resume_sse, start_sse
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.django_db(transaction=True)]
 CHAT = {"stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -42,3 +43,19 @@ def test_a_websocket_streams_and_stays_open_while_redis_is_down(redis_down, alic
 def test_sse_streams_while_redis_is_down(redis_down, alice, demo_model):
     progress = start_sse(redis_down.url, alice.headers, demo_model, stop_after=None)
     assert progress.done and progress.content and progress.error is None
+
+
+def test_own_streams_resume_and_others_are_a_503_while_redis_is_down(redis_down, alice, demo_model):
+    """A stream this instance ran resumes as usual. Whether another instance runs a
+    stream cannot be known without Redis: a 503 saying so, not a 404 (it may well
+    exist) and not a 500."""
+    progress = start_sse(redis_down.url, alice.headers, demo_model, stop_after=2)
+    resume_sse(redis_down.url, alice.headers, progress)
+    assert progress.done and progress.error is None
+
+    for method in ("GET", "DELETE"):
+        response = httpx.request(
+            method, f"{redis_down.url}/v1/streams/chatcmpl-elsewhere", headers=alice.headers
+        )
+        assert response.status_code == 503, (method, response.text)
+        assert response.json()["error"]["code"] == "stream_store_unavailable"

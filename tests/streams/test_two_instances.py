@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from tests.conftest import unique, wait_for_audit
 from tests.live import GatewayServer, server_env
-from tests.streams.clients import Progress, read_ndjson, read_sse, start_sse
+from tests.streams.clients import Progress, read_ndjson, read_sse, resume_sse, start_sse
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 pytestmark = [
@@ -44,13 +44,7 @@ def test_sse_started_on_a_resumes_live_on_b(pair, alice, model):
     a, b = pair
     progress = start_sse(a.url, alice.headers, model[0], stop_after=4)
 
-    with httpx.stream(
-        "GET",
-        f"{b.url}/v1/streams/{progress.stream_id}",
-        headers={**alice.headers, "Last-Event-ID": str(progress.cursor)},
-    ) as response:
-        assert response.status_code == 200
-        read_sse(response, progress, None)
+    resume_sse(b.url, alice.headers, progress)
 
     assert progress.done
     assert progress.content == "".join(TOKENS)
