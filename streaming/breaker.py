@@ -25,6 +25,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from streaming.logging import warn_throttled
 from streaming.providers.base import TARGET_FAILURES, UpstreamTarget
 
 logger = logging.getLogger("sluice.breaker")
@@ -221,7 +222,7 @@ class RedisBreakers:
                     pipe.hgetall(key)
                 results = await pipe.execute()
         except (redis.RedisError, OSError):
-            logger.warning("could not read circuit breakers from Redis")
+            warn_throttled(logger, "could not read circuit breakers from Redis")
             return
         for key, raw in zip(stale, results, strict=True):
             self._keep(key, _decode(raw))
@@ -253,7 +254,7 @@ class RedisBreakers:
                 pipe.hset(key, "failures", 0)
                 await pipe.execute()
         except (redis.RedisError, OSError):
-            logger.warning("could not close a circuit in Redis")
+            warn_throttled(logger, "could not close a circuit in Redis")
         self._keep(key, on_success(state))
 
     async def failure(self, key: str, error: str) -> None:
@@ -264,7 +265,7 @@ class RedisBreakers:
                 keys=[key], args=[self.clock(), error[:300], config.failures, config.ttl]
             )
         except (redis.RedisError, OSError):
-            logger.warning("could not record a failure in Redis")
+            warn_throttled(logger, "could not record a failure in Redis")
             return
         self._keep(key, _decode(raw))
 

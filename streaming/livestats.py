@@ -24,6 +24,7 @@ import orjson
 from django.conf import settings
 
 from audit.writer import audit_writer_stats
+from streaming.logging import warn_throttled
 from streaming.metrics_export import sync_multiprocess_audit
 
 logger = logging.getLogger("sluice.livestats")
@@ -182,7 +183,7 @@ async def _publish() -> None:
             pipe.expire(REDIS_KEY, int(STALE_SECONDS * 4))
             await pipe.execute()
     except Exception as error:  # the dashboard must never hurt a stream
-        logger.warning("dashboard snapshot not published: %s", type(error).__name__)
+        warn_throttled(logger, "dashboard snapshot not published: %s", type(error).__name__)
 
 
 async def deployment_snapshot() -> dict[str, Any]:

@@ -30,6 +30,30 @@ def bind(**fields: Any) -> None:
     _context.set({**(_context.get() or {}), **fields})
 
 
+# (logger name, message) -> [when it was last logged, how many were held back since]
+_throttled: dict[tuple[str, str], list[float]] = {}
+
+
+def warn_throttled(logger: logging.Logger, msg: str, *args: Any, every: float = 60.0) -> None:
+    """``logger.warning``, at most once every ``every`` seconds for this message.
+
+    For a dependency that is down (Redis): its warnings come with every request
+    and every second, and would bury everything else in the log. The next line
+    let through says how many were held back.
+    """
+    key = (logger.name, msg)
+    now = time.monotonic()
+    entry = _throttled.get(key)
+    if entry is not None and now - entry[0] < every:
+        entry[1] += 1
+        return
+    _throttled[key] = [now, 0]
+    if entry is not None and entry[1]:
+        msg += " (%d more held back in the last %d s)"
+        args = (*args, int(entry[1]), round(now - entry[0]))
+    logger.warning(msg, *args)
+
+
 def bound() -> dict[str, Any]:
     return dict(_context.get() or {})
 

@@ -27,6 +27,7 @@ import redis.asyncio as redis
 from django.conf import settings
 
 from streaming.log import END, CursorTrimmed, Entry, MemoryStreamLog
+from streaming.logging import warn_throttled
 
 logger = logging.getLogger("sluice.redis")
 
@@ -115,8 +116,8 @@ class RedisMirror:
                     return
         except (redis.RedisError, OSError) as error:
             # Local readers are unaffected; only cross-instance resume is lost.
-            logger.warning(
-                "stream %s: redis mirror failed: %s", self.stream_id, type(error).__name__
+            warn_throttled(
+                logger, "stream %s: redis mirror failed: %s", self.stream_id, type(error).__name__
             )
 
     async def _write(

@@ -21,6 +21,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 
+from streaming.logging import warn_throttled
 from streaming.models import ModelRoute, default_retry_on
 from streaming.providers.base import UpstreamTarget
 from streaming.redis_log import redis_client
@@ -91,7 +92,9 @@ def _bump_config_version() -> None:
     try:
         _sync_redis[0].incr(CONFIG_VERSION_KEY)
     except (redis.RedisError, OSError):
-        logger.warning("could not publish a config change; other instances see it after the TTL")
+        warn_throttled(
+            logger, "could not publish a config change; other instances see it after the TTL"
+        )
 
 
 class _VersionCheck:
@@ -108,7 +111,7 @@ async def _check_config_version() -> None:
     try:
         version = await redis_client().get(CONFIG_VERSION_KEY)
     except (redis.RedisError, OSError):
-        logger.warning("could not read the config version from Redis")
+        warn_throttled(logger, "could not read the config version from Redis")
         return
     if version != _VersionCheck.seen:
         _VersionCheck.seen = version

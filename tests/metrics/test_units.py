@@ -9,7 +9,14 @@ import logging
 import pytest
 
 from streaming import livestats
-from streaming.logging import ContextFilter, JsonFormatter, TextFormatter, bind, request_id
+from streaming.logging import (
+    ContextFilter,
+    JsonFormatter,
+    TextFormatter,
+    bind,
+    request_id,
+    warn_throttled,
+)
 from streaming.metrics_export import metrics_allowed
 
 
@@ -100,3 +107,20 @@ def test_a_second_not_every_instance_has_sampled_yet_is_left_out() -> None:
 
     assert merged["tokens_per_second"] == 60.0
     assert merged["history"][-1] == [101, 3, 60.0]
+
+
+def test_a_throttled_warning_says_how_many_were_held_back(caplog) -> None:
+    logger = logging.getLogger("sluice.test.throttle")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for _ in range(5):
+            warn_throttled(logger, "redis is %s", "down", every=3600)
+        warn_throttled(logger, "another message", every=3600)
+    assert [r.getMessage() for r in caplog.records] == ["redis is down", "another message"]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for _ in range(3):
+            warn_throttled(logger, "redis is %s", "down", every=0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("redis is down (4 more held back in the last ")
+    assert messages[1:] == ["redis is down", "redis is down"]

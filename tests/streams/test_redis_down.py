@@ -59,3 +59,13 @@ def test_own_streams_resume_and_others_are_a_503_while_redis_is_down(redis_down,
         )
         assert response.status_code == 503, (method, response.text)
         assert response.json()["error"]["code"] == "stream_store_unavailable"
+
+
+def test_redis_warnings_do_not_flood_the_log(redis_down, alice, demo_model):
+    """Each request meets the outage (breakers, the stream's mirror): its warnings are
+    logged once a minute, not once a request."""
+    for _ in range(8):
+        assert start_sse(redis_down.url, alice.headers, demo_model, stop_after=None).done
+    log = redis_down.log_path.read_text(errors="replace")
+    for warning in ("could not read circuit breakers from Redis", "redis mirror failed"):
+        assert log.count(warning) == 1, (warning, log[-3000:])
