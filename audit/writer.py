@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import connections
 
@@ -27,10 +27,20 @@ from audit.records import AuditEntry
 
 logger = logging.getLogger(__name__)
 
-WriteBatch = Callable[[Sequence[AuditEntry]], object]
+
+class Queued(Protocol):
+    """What the queue holds: an entry, or what ``encode`` made of one."""
+
+    @property
+    def request_id(self) -> str: ...
 
 
-def _write_to_database(entries: Sequence[AuditEntry]) -> object:
+# A batch, and how many entries are still queued behind it.
+WriteBatch = Callable[[Sequence[Any], int], object]
+Encode = Callable[[AuditEntry], Queued]
+
+
+def _write_to_database(entries: Sequence[AuditEntry], backlog: int = 0) -> object:
     # Imported here so streaming can import this module before apps are ready.
     from audit.services import audit_records_write
 
@@ -62,8 +72,10 @@ class AuditWriter:
         retries: int = 2,
         backoff_seconds: float = 0.2,
         write: WriteBatch = _write_to_database,
+        encode: Encode | None = None,
     ) -> None:
-        self._queue: queue.Queue[AuditEntry | _Control] = queue.Queue(maxsize)
+        """``encode``, if given, turns each entry into what ``write`` takes, in ``submit``."""
+        self._queue: queue.Queue[Queued | _Control] = queue.Queue(maxsize)
         self._wake = threading.Event()  # a full batch or a flush: do not wait for the period
         self._maxsize = maxsize
         self._batch_size = batch_size
@@ -71,6 +83,7 @@ class AuditWriter:
         self._retries = retries
         self._backoff_seconds = backoff_seconds
         self._write = write
+        self._encode = encode
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
@@ -82,8 +95,11 @@ class AuditWriter:
         """Queue an entry for writing; False (and the entry dropped) if the queue is full."""
         if self._pid != os.getpid():
             self._start()
+        item = self._encoded(entry)
+        if item is None:
+            return False
         try:
-            self._queue.put_nowait(entry)
+            self._queue.put_nowait(item)
             if self._queue.qsize() >= self._batch_size:
                 self._wake.set()
         except queue.Full:
@@ -92,6 +108,19 @@ class AuditWriter:
             logger.warning("audit queue full: dropped record %s", entry.request_id)
             return False
         return True
+
+    def _encoded(self, entry: AuditEntry) -> Queued | None:
+        if self._encode is None:
+            return entry
+        try:
+            return self._encode(entry)
+        except Exception as exc:
+            with self._lock:
+                self.failed += 1
+            # The class only, as for failed writes: an error's text can quote content.
+            reason = type(exc).__name__
+            logger.error("audit record %s lost: cannot be encoded: %s", entry.request_id, reason)
+            return None
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every entry submitted so far is written (or given up); False on timeout."""
@@ -157,7 +186,7 @@ class AuditWriter:
         finally:
             connections.close_all()
 
-    def _collect(self) -> tuple[list[AuditEntry], _Control | None]:
+    def _collect(self) -> tuple[list[Queued], _Control | None]:
         """Wait until a batch is due, then take what is queued (at most a batch).
 
         The thread wakes once per ``batch_seconds``, or at once for a full
@@ -169,7 +198,7 @@ class AuditWriter:
         if self._queue.qsize() < self._batch_size:
             self._wake.wait(self._batch_seconds)
         self._wake.clear()
-        batch: list[AuditEntry] = []
+        batch: list[Queued] = []
         while len(batch) < self._batch_size:
             try:
                 item = self._queue.get_nowait()
@@ -180,7 +209,7 @@ class AuditWriter:
             batch.append(item)
         return batch, None
 
-    def _write_batch(self, batch: list[AuditEntry]) -> None:
+    def _write_batch(self, batch: list[Queued]) -> None:
         if self._write_with_retries(batch):
             self.written += len(batch)
             return
@@ -193,7 +222,7 @@ class AuditWriter:
             else:
                 self._give_up(entry)
 
-    def _write_with_retries(self, batch: list[AuditEntry]) -> bool:
+    def _write_with_retries(self, batch: list[Queued]) -> bool:
         for attempt in range(self._retries + 1):
             if attempt:
                 time.sleep(self._backoff_seconds * 2 ** (attempt - 1))
@@ -201,12 +230,12 @@ class AuditWriter:
                 return True
         return False
 
-    def _try_write(self, entries: Sequence[AuditEntry]) -> bool:
+    def _try_write(self, entries: Sequence[Queued]) -> bool:
         # The thread keeps its connection between batches (opening one cost
         # more than writing a batch); a broken one fails the write, is closed
         # here, and the retry opens a new one.
         try:
-            self._write(entries)
+            self._write(entries, self._queue.qsize())
         except Exception as exc:
             # The class only: database errors can quote the row, i.e. content.
             reason = str(exc) if isinstance(exc, AuditWriteFailed) else type(exc).__name__
@@ -215,7 +244,7 @@ class AuditWriter:
             return False
         return True
 
-    def _give_up(self, entry: AuditEntry) -> None:
+    def _give_up(self, entry: Queued) -> None:
         self.failed += 1
         logger.error("audit record %s lost: could not be written", entry.request_id)
 
@@ -233,11 +262,11 @@ def _default_writer() -> AuditWriter:
     return _writer
 
 
-def _new_writer(write: WriteBatch) -> AuditWriter:
+def _new_writer(write: WriteBatch, encode: Encode | None = None) -> AuditWriter:
     from django.conf import settings
 
     conf: dict[str, Any] = settings.SLUICE
-    writer = AuditWriter(maxsize=conf.get("AUDIT_QUEUE_SIZE", 10_000), write=write)
+    writer = AuditWriter(maxsize=conf.get("AUDIT_QUEUE_SIZE", 10_000), write=write, encode=encode)
     atexit.register(writer.stop)
     return writer
 
@@ -249,14 +278,14 @@ def audit_writer_use_process() -> None:
     ``runserver``) the writer thread stores batches itself.
     """
     global _writer
-    write = ProcessWrite(urgent_size=AuditWriter.BATCH_SIZE)
+    write = ProcessWrite(urgent_backlog=AuditWriter.BATCH_SIZE)
     try:
         write.start()
     except Exception:
         logger.exception("could not start the audit writer process: storing from a thread")
         return
     with _writer_lock:
-        previous, _writer = _writer, _new_writer(write)
+        previous, _writer = _writer, _new_writer(write, encode=write.encode)
     if previous is not None:
         previous.stop()
 

@@ -137,21 +137,24 @@ def test_stopping_the_gateway_stores_what_it_accepted_and_ends_the_child(
 def process_write(monkeypatch) -> Iterator[ProcessWrite]:
     """The write function the served gateway uses, its child on the test database."""
     monkeypatch.setenv("DATABASE_URL", database_url())
-    write = ProcessWrite(urgent_size=3)
+    write = ProcessWrite(urgent_backlog=3)
     yield write
     write.close()
 
 
-def test_a_full_batch_is_stored_at_normal_priority(process_write, live_db):
-    # A full batch means the writer is behind: it must not wait for idle CPU.
-    process_write([make_entry(f"chatcmpl-full-{i}") for i in range(3)])
-
-    assert AuditRecord.objects.filter(request_id__startswith="chatcmpl-full-").count() == 3
+def test_a_batch_is_stored_at_normal_priority_only_when_the_writer_is_behind(
+    process_write, live_db
+):
+    # A full batch more queued behind this one: the writer is behind, and
+    # must not wait for idle CPU (a busy machine would starve the audit).
+    process_write([make_entry("chatcmpl-behind")], 3)
+    assert AuditRecord.objects.filter(request_id="chatcmpl-behind").exists()
     assert process_write.pid is not None
     assert thread_policies(process_write.pid) == [0]  # the idle thread never ran
 
-    process_write([make_entry("chatcmpl-small")])
-    assert AuditRecord.objects.filter(request_id="chatcmpl-small").exists()
+    # A full batch alone is just a busy gateway: it waits for idle CPU.
+    process_write([process_write.encode(make_entry(f"chatcmpl-busy-{i}")) for i in range(3)], 0)
+    assert AuditRecord.objects.filter(request_id__startswith="chatcmpl-busy-").count() == 3
     assert sorted(thread_policies(process_write.pid)) == [0, SCHED_IDLE]
 
 

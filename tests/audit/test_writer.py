@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
 
 from audit.models import AuditRecord
+from audit.process import ProcessWrite
 from audit.records import AuditEntry
 from audit.writer import AuditWriter, audit_flush, audit_submit, audit_writer_stats
 from tests.audit.conftest import make_attempt, make_entry
@@ -19,15 +21,17 @@ class FlakyWrite:
         self.fail_times = fail_times
         self.poison = poison
         self.calls: list[list[str]] = []
+        self.backlogs: list[int] = []
         self.entered = threading.Event()
         self.release = threading.Event()
         self.release.set()
 
-    def __call__(self, entries: Sequence[AuditEntry]) -> None:
+    def __call__(self, entries: Sequence[AuditEntry], backlog: int) -> None:
         self.entered.set()
         self.release.wait(10)
         ids = [e.request_id for e in entries]
         self.calls.append(ids)
+        self.backlogs.append(backlog)
         if self.fail_times > 0:
             self.fail_times -= 1
             raise OSError("database is locked")
@@ -197,3 +201,39 @@ def test_a_flush_or_a_full_batch_does_not_wait_for_the_period(writers) -> None:
     assert write.entered.wait(5)
     assert writer.flush()
     assert write.calls == [["one"], ["two", "three"]]
+
+
+def test_each_write_is_told_how_many_entries_wait_behind_its_batch(writers) -> None:
+    # How the audit process tells a writer that is behind from a busy one.
+    write = FlakyWrite()
+    write.release.clear()
+    writer = _writer(writers, write, batch_size=2, batch_seconds=3600)
+    writer.submit(make_entry("a"))
+    writer.submit(make_entry("b"))  # a full batch: written at once, and held there
+    assert write.entered.wait(5)
+    for request_id in ("c", "d", "e"):
+        writer.submit(make_entry(request_id))
+    write.release.set()
+    deadline = time.monotonic() + 5
+    while len(write.calls) < 2 and time.monotonic() < deadline:  # "e" waits for the period
+        time.sleep(0.01)
+    assert writer.flush()
+    assert write.calls == [["a", "b"], ["c", "d"], ["e"]]
+    assert write.backlogs == [0, 1, 0]
+
+
+def test_an_entry_that_cannot_be_encoded_is_counted_and_named(writers, caplog) -> None:
+    write = FlakyWrite()
+    writer = _writer(writers, write, encode=ProcessWrite().encode)
+    secret = "my card number is 4111"
+    unpicklable = make_entry("chatcmpl-odd", response_text=secret, usage={"f": lambda: secret})
+
+    assert not writer.submit(unpicklable)
+    assert writer.submit(make_entry("chatcmpl-next"))
+    assert writer.flush()
+
+    assert write.calls == [["chatcmpl-next"]]
+    assert writer.stats()["failed"] == 1
+    (lost,) = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert lost.startswith("audit record chatcmpl-odd lost: cannot be encoded: ")
+    assert secret not in caplog.text
