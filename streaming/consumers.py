@@ -186,6 +186,16 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
             with contextlib.suppress(Exception):
                 await self._error(failure, {"stream_id": handle.id})
+        except OSError:
+            pass  # the client went away while a frame was sent (uvicorn's ClientDisconnected)
+        except Exception:
+            # A bug. Said once, here, with its traceback (a task's exception is
+            # otherwise only logged when the task is collected), and the client
+            # is told this stream will send no more instead of waiting for it.
+            logger.exception("stream %s: relay failed", handle.id)
+            failure = ApiError(500, "the stream could not be relayed", code="internal_error")
+            with contextlib.suppress(Exception):
+                await self._error(failure, {"stream_id": handle.id})
         finally:
             watch.cancel()
 
