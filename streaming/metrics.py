@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from prometheus_client import Counter, Gauge, Histogram
+from redis.exceptions import RedisError
 
 from streaming import livestats
+from streaming.log import CursorTrimmed
 
 if TYPE_CHECKING:
     from streaming.session import StreamSession
@@ -221,6 +223,11 @@ def _produced(handle: Any) -> int:
     return int(getattr(log, "last_seq", 0) or getattr(handle, "last_seq", 0) or 0)
 
 
+# The rest of a stream cannot be read (its log expired under a reader on
+# another instance, or Redis failed): the reader is cut short, "broken".
+UNREADABLE = (CursorTrimmed, RedisError)
+
+
 class ReaderTracker:
     """One client reading one stream: counted when it opens, and when it closes,
     with the reason and the bytes it was sent."""
@@ -260,6 +267,8 @@ class ReaderTracker:
             self.close("slow_client")
         elif issubclass(exc_type, asyncio.CancelledError | GeneratorExit | OSError):
             self.close("client_gone")
+        elif issubclass(exc_type, UNREADABLE):
+            self.close("broken")
         else:
             self.close("error")
 
@@ -291,6 +300,9 @@ async def track_body(
         raise
     except (asyncio.CancelledError, OSError):
         tracker.close("client_gone")
+        raise
+    except UNREADABLE:
+        tracker.close("broken")
         raise
     except BaseException:
         tracker.close("error")

@@ -14,6 +14,7 @@ from websockets.sync.client import connect
 
 from tests.conftest import unique, wait_for_audit
 from tests.live import GatewayServer, server_env
+from tests.metrics.conftest import scrape
 from tests.streams.clients import Progress, read_ndjson, read_sse, resume_sse, start_sse
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -117,6 +118,16 @@ def _finished_with_its_end_gone(a: GatewayServer, alice, route: str) -> Progress
     return progress
 
 
+def _closed(server: GatewayServer, transport: str) -> dict[str, float]:
+    """sluice_connections_closed_total on ``server`` for ``transport``, by reason."""
+    samples = scrape(server).samples
+    return {
+        s.labels["reason"]: s.value
+        for s in samples
+        if s.name == "sluice_connections_closed_total" and s.labels["transport"] == transport
+    }
+
+
 def _log_from(server: GatewayServer, offset: int) -> str:
     return server.log_path.read_text(errors="replace")[offset:]
 
@@ -129,6 +140,7 @@ def test_a_finished_stream_whose_log_runs_out_is_not_waited_on_forever(pair, ali
     a, b = pair
     progress = _finished_with_its_end_gone(a, alice, model[0])
     log_offset = len(b.log_path.read_text(errors="replace"))
+    before = _closed(b, "sse")
 
     rest = Progress(cursor=progress.cursor)
     with (
@@ -149,6 +161,7 @@ def test_a_finished_stream_whose_log_runs_out_is_not_waited_on_forever(pair, ali
     log = _log_from(b, log_offset)
     assert f"stream {progress.stream_id} expired while it was read: breaking the response" in log
     assert "Traceback" not in log and "ASGI" not in log
+    assert _closed(b, "sse") == {**before, "broken": before.get("broken", 0) + 1}
 
 
 def test_a_websocket_reader_whose_stream_runs_out_is_told_and_keeps_its_socket(pair, alice, model):
@@ -156,6 +169,7 @@ def test_a_websocket_reader_whose_stream_runs_out_is_told_and_keeps_its_socket(p
     events there were, then an error for that stream, and the socket still works."""
     a, b = pair
     progress = _finished_with_its_end_gone(a, alice, model[0])
+    before = _closed(b, "ws")
 
     rest = Progress(cursor=progress.cursor)
     with connect(b.url.replace("http", "ws") + "/v1/ws", additional_headers=alice.headers) as ws:
@@ -173,6 +187,7 @@ def test_a_websocket_reader_whose_stream_runs_out_is_told_and_keeps_its_socket(p
     assert message["type"] == "error" and message["stream_id"] == progress.stream_id
     assert message["status"] == 409 and message["error"]["code"] == "cursor_out_of_range"
     assert pong["type"] == "pong"
+    assert _closed(b, "ws") == {**before, "broken": before.get("broken", 0) + 1}
 
 
 def test_an_idle_websocket_stays_open(pair, alice):
