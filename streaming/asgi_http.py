@@ -20,12 +20,11 @@ from urllib.parse import parse_qsl
 
 import orjson
 from django.conf import settings
-from redis.exceptions import RedisError
 
 from streaming.errors import ApiError
 from streaming.log import CursorTrimmed
 from streaming.logging import bind, request_id
-from streaming.reader import SendWatch
+from streaming.reader import UNREADABLE, SendWatch
 
 logger = logging.getLogger("sluice.http")
 
@@ -150,7 +149,7 @@ class StreamResponse:
             watch.task.uncancel()
             logger.info("reader stalled for %ss: disconnecting it", watch.limit)
             await abort_connection(send)
-        except (CursorTrimmed, RedisError) as error:
+        except UNREADABLE as error:
             # The events still to send are gone (a stream read through Redis
             # expired under its reader) or cannot be read now. The head is out:
             # the response can only break, so the client sees an unfinished

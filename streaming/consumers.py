@@ -18,14 +18,13 @@ from urllib.parse import parse_qsl
 import orjson
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from redis.exceptions import RedisError
 
 from accounts.identity import AppIdentity, AuthError, authenticate
 from streaming import metrics, wire
 from streaming.errors import ApiError
 from streaming.log import CursorTrimmed
 from streaming.logging import bind, request_id
-from streaming.reader import SendWatch
+from streaming.reader import UNREADABLE, SendWatch
 from streaming.routes import resolve_route
 from streaming.schema import parse_chat_request
 from streaming.session import StreamSession
@@ -173,7 +172,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             watch.task.uncancel()
             with contextlib.suppress(Exception):
                 await self.close(code=4008)
-        except (CursorTrimmed, RedisError) as error:
+        except UNREADABLE as error:
             # The events still to send are gone (the stream expired under its
             # reader) or cannot be read now. Other streams share the socket:
             # this one alone ends, with an error saying no more will come.

@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from prometheus_client import Counter, Gauge, Histogram
-from redis.exceptions import RedisError
 
 from streaming import livestats
-from streaming.log import CursorTrimmed
+from streaming.reader import UNREADABLE
 
 if TYPE_CHECKING:
     from streaming.session import StreamSession
@@ -223,11 +222,6 @@ def _produced(handle: Any) -> int:
     return int(getattr(log, "last_seq", 0) or getattr(handle, "last_seq", 0) or 0)
 
 
-# The rest of a stream cannot be read (its log expired under a reader on
-# another instance, or Redis failed): the reader is cut short, "broken".
-UNREADABLE = (CursorTrimmed, RedisError)
-
-
 class ReaderTracker:
     """One client reading one stream: counted when it opens, and when it closes,
     with the reason and the bytes it was sent."""
@@ -265,12 +259,17 @@ class ReaderTracker:
             self.close(end_reason(self.handle))
         elif issubclass(exc_type, TimeoutError):
             self.close("slow_client")
-        elif issubclass(exc_type, asyncio.CancelledError | GeneratorExit | OSError):
-            self.close("client_gone")
-        elif issubclass(exc_type, UNREADABLE):
-            self.close("broken")
         else:
-            self.close("error")
+            self.close(_failure_reason(exc_type))
+
+
+def _failure_reason(exc_type: type[BaseException]) -> str:
+    """Why a reader stopped, from the exception that stopped it."""
+    if issubclass(exc_type, asyncio.CancelledError | GeneratorExit | OSError):
+        return "client_gone"
+    if issubclass(exc_type, UNREADABLE):
+        return "broken"
+    return "error"
 
 
 async def track_body(
@@ -298,13 +297,7 @@ async def track_body(
         slow = loop.time() - handed_out >= stall * 0.99
         tracker.close("slow_client" if slow else "client_gone")
         raise
-    except (asyncio.CancelledError, OSError):
-        tracker.close("client_gone")
-        raise
-    except UNREADABLE:
-        tracker.close("broken")
-        raise
-    except BaseException:
-        tracker.close("error")
+    except BaseException as error:
+        tracker.close(_failure_reason(type(error)))
         raise
     tracker.close(end_reason(handle))

@@ -11,7 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from streaming.log import Entry, MemoryStreamLog
+from redis.exceptions import RedisError
+
+from streaming.log import CursorTrimmed, Entry, MemoryStreamLog
+
+# What a reader's follow raises when the rest of its stream cannot be read:
+# the log expired under a reader on another instance, or Redis failed. The
+# head is out by then, so the transport ends the reader short ("broken").
+UNREADABLE = (CursorTrimmed, RedisError)
 
 
 class _KeepAlive:
