@@ -73,5 +73,6 @@ def envsecret(name: str, *, dev_default: str | None) -> str:
         return dev_default
     raise ImproperlyConfigured(
         f"{name} is not set. Set it in the environment, or set SLUICE_DEV=1 to run the "
-        "embedded development mode (which keeps generated secrets under var/)."
+        "embedded development mode (which keeps generated secrets under var/). After "
+        "`make run`, run commands as: SLUICE_DEV=1 .venv/bin/python manage.py <command>"
     )

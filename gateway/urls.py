@@ -10,7 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path, re_path
 
 from streaming.metrics_export import metrics_view
-from streaming.pages import eventsource_page
+from streaming.pages import eventsource_page, favicon, landing_page
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -30,6 +30,8 @@ def static_file(request: HttpRequest, path: str) -> HttpResponse:
 
 
 urlpatterns = [
+    path("", landing_page, name="landing"),
+    path("favicon.ico", favicon),
     path("admin/sluice/", include("streaming.urls")),
     path("admin/", admin.site.urls),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),

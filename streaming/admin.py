@@ -19,9 +19,13 @@ from django.http import HttpRequest
 from django.utils.html import format_html_join
 
 from streaming.breaker import CLOSED, CircuitView, circuit_views, reset_circuits
-from streaming.models import ModelRoute, Provider, RetryOn, RouteTarget
+from streaming.models import ModelRoute, Provider, RetryOn, RouteTarget, default_retry_on
 from streaming.providers import UpstreamError, UpstreamTarget
 from streaming.router import probe_target
+
+admin.site.site_header = "Sluice administration"
+admin.site.site_title = "Sluice"
+admin.site.index_title = "Providers, routes, apps and the audit trail"
 
 
 class ProviderForm(forms.ModelForm):
@@ -179,8 +183,11 @@ class RouteTargetInline(admin.TabularInline):
 
 
 class ModelRouteForm(forms.ModelForm):
+    # The model's default, not none: a route added without touching the policy
+    # falls back as one imported without ``retry_on`` does.
     retry_on = forms.MultipleChoiceField(
         choices=RetryOn.choices,
+        initial=default_retry_on,
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="Failures that are retried, then fallen back on. Others go to the client.",

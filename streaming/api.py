@@ -91,15 +91,35 @@ async def _body(
         preamble = b""
 
 
-def _stream_response(
-    handle: StreamHandle, request: ApiRequest, cursor: int, *, resumed: bool
-) -> StreamResponse:
-    headers = {"X-Sluice-Stream-Id": handle.id}
+def transport_of(request: ApiRequest) -> str:
+    """The streaming transport a request asks for: ``ndjson``, ``text`` or ``sse``."""
     if request.accepts("application/x-ndjson"):
+        return "ndjson"
+    if request.accepts("text/plain") and not request.accepts("text/event-stream"):
+        return "text"
+    return "sse"
+
+
+def _stream_response(
+    handle: StreamHandle,
+    request: ApiRequest,
+    cursor: int,
+    *,
+    resumed: bool,
+    sse: Encoder = wire.sse_batch,
+) -> StreamResponse:
+    """The response that reads ``handle`` from ``cursor`` in the transport asked for.
+
+    ``sse`` encodes Server-Sent Events: OpenAI's exact format by default,
+    ``wire.eventsource_batch`` on the GET endpoints a browser opens.
+    """
+    headers = {"X-Sluice-Stream-Id": handle.id}
+    transport = transport_of(request)
+    if transport == "ndjson":
         body = _body(handle, cursor, wire.ndjson_batch, resumed=resumed)
         body = metrics.track_body(body, "ndjson", handle, cursor, resumed=resumed)
         return StreamResponse(body, NDJSON, headers=headers)
-    if request.accepts("text/plain") and not request.accepts("text/event-stream"):
+    if transport == "text":
         body = _body(handle, cursor, wire.text_batch, resumed=resumed)
         body = metrics.track_body(body, "text", handle, cursor, resumed=resumed)
         return StreamResponse(body, TEXT, headers=headers)
@@ -107,7 +127,7 @@ def _stream_response(
     body = _body(
         handle,
         cursor,
-        wire.sse_batch,
+        sse,
         preamble=preamble,
         keepalive=wire.SSE_KEEPALIVE,
         resumed=resumed,
@@ -148,8 +168,7 @@ async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse
     chat = parse_chat_request(parse_json_body(request.body))
     if not chat.stream:
         return await _complete(request, identity, chat)
-    protocol = "ndjson" if request.accepts("application/x-ndjson") else "sse"
-    session = await _start(request, identity, chat, protocol)
+    session = await _start(request, identity, chat, transport_of(request))
     response = _stream_response(session, request, 0, resumed=False)
 
     # Hold the headers until the first event, so a failure before any token
@@ -203,11 +222,13 @@ async def create_stream(request: ApiRequest) -> JsonResponse:
     chat.stream = True
     session = await _start(request, identity, chat, "sse")
     ticket = issue_ticket(identity, purpose=f"stream:{session.id}")
+    # The ticket rides on events_url: it is the URL a browser's EventSource
+    # opens, and EventSource cannot send a header.
     return JsonResponse(
         {
             "id": session.id,
             "object": "stream",
-            "events_url": f"/v1/streams/{session.id}",
+            "events_url": f"/v1/streams/{session.id}?ticket={ticket}",
             "ticket": ticket,
         },
         status=201,
@@ -241,7 +262,7 @@ async def read_stream(request: ApiRequest) -> JsonResponse | StreamResponse:
     if not await check_cursor(handle, cursor):
         # Everything was delivered; 204 also tells a browser's EventSource to stop reconnecting.
         return JsonResponse(b"", status=204)
-    return _stream_response(handle, request, cursor, resumed=cursor > 0)
+    return _stream_response(handle, request, cursor, resumed=cursor > 0, sse=wire.eventsource_batch)
 
 
 async def cancel_stream(request: ApiRequest) -> JsonResponse:
@@ -263,8 +284,8 @@ async def chat_stream_get(request: ApiRequest) -> JsonResponse | StreamResponse:
             400, "'model' and 'prompt' query parameters are required", code="invalid_request"
         )
     chat = ChatRequest(model=model, messages=[{"role": "user", "content": prompt}], stream=True)
-    session = await _start(request, identity, chat, "sse")
-    return _stream_response(session, request, 0, resumed=False)
+    session = await _start(request, identity, chat, transport_of(request))
+    return _stream_response(session, request, 0, resumed=False, sse=wire.eventsource_batch)
 
 
 async def create_ticket(request: ApiRequest) -> JsonResponse:

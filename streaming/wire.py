@@ -27,6 +27,24 @@ def sse_batch(entries: Sequence[Entry]) -> bytes:
     return _each(sse_event, entries)
 
 
+def eventsource_event(seq: int, kind: int, payload: bytes) -> bytes:
+    """One event for the GET endpoints a browser's ``EventSource`` opens.
+
+    As ``sse_event``, except that the end is a named ``done`` event: an
+    ``onmessage`` handler that parses every message as JSON never sees the
+    ``[DONE]`` sentinel, while parsers that look for ``data: [DONE]`` (the
+    OpenAI SDK's) still stop on it.
+    """
+    if kind == END:
+        return b"id: %d\nevent: done\ndata: [DONE]\n\n" % seq
+    return b"id: %d\ndata: %s\n\n" % (seq, payload)
+
+
+def eventsource_batch(entries: Sequence[Entry]) -> bytes:
+    """Server-Sent Events for ``EventSource`` readers, one per entry."""
+    return _each(eventsource_event, entries)
+
+
 def sse_preamble(retry_ms: int) -> bytes:
     """Prefix for the first event block (not a block of its own)."""
     return b"retry: %d\n" % retry_ms

@@ -26,6 +26,8 @@ def test_demo_seed_runs_twice_without_duplicates_and_prints_working_credentials(
     assert ModelRoute.objects.get(model="demo").targets.count() == 1
     assert Application.objects.filter(name="demo-app").count() == 1
     assert "password '" in first and "password '" not in second
+    # An operator who lost the first run's output is told how to set a new one.
+    assert "manage.py changepassword admin" in second
     client_id = second.split("client_id:")[1].split()[0]
     secret = second.split("client_secret:")[1].split()[0]
     response = client.post(
@@ -97,3 +99,31 @@ def test_openai_provider_needs_a_base_url(admin_client):
     )
     assert response.status_code == 200
     assert not Provider.objects.filter(name="no-url").exists()
+
+
+def test_a_command_run_after_make_run_without_dev_mode_is_told_what_works(tmp_path):
+    """`make run` keeps its secrets under var/ in dev mode; a bare `manage.py`
+    outside it fails closed, and says the command line that works."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "SLUICE_DEV")}
+    env.update(SLUICE_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="gateway.settings")
+    env.pop("DATABASE_URL", None)
+    bare = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert bare.returncode != 0
+    assert "SLUICE_DEV=1 .venv/bin/python manage.py <command>" in bare.stderr
+
+    dev = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=root,
+        env={**env, "SLUICE_DEV": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert dev.returncode == 0, dev.stderr

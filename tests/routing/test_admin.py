@@ -147,3 +147,17 @@ def test_admin_shows_circuit_state(ops, sdk, alice, upstream, make_route):
     for page in (provider_page, route_page):
         assert "closed (1 recent failures)" in html.unescape(page)
         assert "server_error: upstream returned HTTP 500" in html.unescape(page)
+
+
+def test_a_new_route_in_the_admin_starts_with_the_default_retry_policy(ops):
+    """An operator who adds a route and leaves the policy alone gets a route that
+    falls back, as a YAML import without ``retry_on`` does."""
+    import re
+
+    from streaming.models import default_retry_on
+
+    page = ops.get("/admin/streaming/modelroute/add/").text
+    checked = set(
+        re.findall(r'<input type="checkbox" name="retry_on" value="(\w+)"[^>]*checked', page)
+    )
+    assert checked == set(default_retry_on())

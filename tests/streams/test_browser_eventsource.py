@@ -37,7 +37,7 @@ def test_browser_reconnects_with_last_event_id_and_gets_the_full_text(
                 headers=alice.headers,
                 json={"model": model, "messages": [{"role": "user", "content": "go"}]},
             ).json()
-            events = f"{created['events_url']}?ticket={created['ticket']}"
+            events = created["events_url"]
             page.evaluate("events => startStream(events)", events)
             page.wait_for_selector("body[data-state=done], body[data-state=failed]", timeout=30_000)
             text = page.inner_text("#out")

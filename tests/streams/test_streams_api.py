@@ -38,12 +38,13 @@ def create(gateway, actor, model):
 
 def test_create_then_attach_with_ticket_only(gateway, alice, demo_model):
     created = create(gateway, alice, demo_model)
-    assert created["events_url"] == f"/v1/streams/{created['id']}"
+    # events_url opens as it is: its ticket is on it (a browser cannot add one).
+    assert created["events_url"] == f"/v1/streams/{created['id']}?ticket={created['ticket']}"
 
     progress = Progress()
     with httpx.stream(
         "GET",
-        f"{gateway.url}{created['events_url']}?ticket={created['ticket']}",
+        f"{gateway.url}{created['events_url']}",
         headers={"Accept": "text/event-stream"},
         timeout=10,
     ) as response:
@@ -355,3 +356,22 @@ def test_cancel_right_after_create_still_ends_the_stream(gateway, alice, slow_mo
         read_sse(r, progress, None)
     assert progress.done
     assert progress.error is not None and progress.error["code"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("accept", "protocol"),
+    [("text/plain", "text"), ("application/x-ndjson", "ndjson"), ("text/event-stream", "sse")],
+)
+def test_a_stream_is_recorded_as_the_transport_it_was_served_over(
+    gateway, alice, demo_model, accept, protocol
+):
+    body = {"model": demo_model, "stream": True, **CHAT}
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        headers={**alice.headers, "Accept": accept},
+        json=body,
+    ) as response:
+        assert response.headers["content-type"].startswith(accept)
+        response.read()
+    assert wait_for_audit(response.headers["x-sluice-stream-id"]).protocol == protocol

@@ -79,7 +79,10 @@ class Command(BaseCommand):
         if password:
             login = f"user 'admin', password '{password}' (shown once)"
         else:
-            login = "user 'admin' (the password was shown on the first run)"
+            login = (
+                "user 'admin' (its password was shown on the first run; to set a new one:\n"
+                "                  SLUICE_DEV=1 .venv/bin/python manage.py changepassword admin)"
+            )
         self.stdout.write(
             QUICKSTART.format(base=base, login=login, client_id=app.client_id, secret=secret)
         )

@@ -41,7 +41,7 @@
     var body = await response.json();
     if (!response.ok) throw new Error((body.error && body.error.message) || "HTTP " + response.status);
     run.streamId = body.id;
-    run.eventsUrl = body.events_url + "?ticket=" + encodeURIComponent(body.ticket);
+    run.eventsUrl = body.events_url;  // carries the stream's ticket
     $("stream-id").textContent = body.id;
     log("POST /v1/streams → " + body.id);
   }
@@ -104,10 +104,13 @@
     log("EventSource GET " + run.eventsUrl.split("?")[0] + (after ? " from #" + after : ""));
     source.onmessage = function (event) {
       var seq = parseInt(event.lastEventId, 10) || 0;
-      if (event.data === "[DONE]") { onDone(seq); return; }
       var data = JSON.parse(event.data);
       if (data.error) onError(seq, data.error); else onChunk(seq, data);
     };
+    // The end is a named event: onmessage only ever sees JSON.
+    source.addEventListener("done", function (event) {
+      onDone(parseInt(event.lastEventId, 10) || 0);
+    });
     source.onerror = function () { if (run.done) source.close(); };
     return function () { source.close(); };
   }
