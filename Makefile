@@ -29,11 +29,17 @@ serve: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py sluice_serve --host $(HOST) --port $(PORT)
 
+# What the tests drive besides Python: a browser, and nginx as docker-compose runs it.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null || \
 	  echo "warning: could not install chromium; browser tests will fail"; }
+	@test -x /usr/sbin/nginx || { \
+	  echo "installing Debian's nginx-light for the proxy tests"; \
+	  (apt-get install -y -qq nginx-light || (apt-get update -qq && apt-get install -y -qq nginx-light)) >/dev/null && \
+	  { /usr/sbin/nginx -s stop 2>/dev/null; true; } || \
+	  echo "warning: could not install nginx; the proxy tests will be skipped"; }
 
 lint: install
 	$(BIN)/ruff check .

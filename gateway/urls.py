@@ -6,15 +6,12 @@ from pathlib import Path
 
 from django.contrib import admin
 from django.contrib.staticfiles import finders
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import include, path, re_path
 
+from streaming.health import healthz, readyz
 from streaming.metrics_export import metrics_view
 from streaming.pages import eventsource_page, favicon, landing_page
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
 
 
 def static_file(request: HttpRequest, path: str) -> HttpResponse:
@@ -36,6 +33,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("healthz", healthz),
+    path("readyz", readyz),
     path("try/eventsource", eventsource_page),
     path("metrics", metrics_view),
     re_path(r"^static/(?P<path>.+)$", static_file),
