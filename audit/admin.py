@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin
@@ -39,13 +40,38 @@ class UpstreamAttemptInline(ReadOnlyAdminMixin, admin.TabularInline):
         "status_code",
         "tokens",
         "continuation",
-        "started_at",
-        "first_token_at",
-        "ended_at",
+        "started",
+        "first_token_ms",
+        "duration_ms",
         "error_class",
         "error_message",
     )
     readonly_fields = fields
+
+    @admin.display(description="started (UTC)")
+    def started(self, attempt: UpstreamAttempt) -> str:
+        return _second(attempt.started_at)
+
+    @admin.display(description="first token (ms)")
+    def first_token_ms(self, attempt: UpstreamAttempt) -> str:
+        return _ms_between(attempt.started_at, attempt.first_token_at)
+
+    @admin.display(description="duration (ms)")
+    def duration_ms(self, attempt: UpstreamAttempt) -> str:
+        return _ms_between(attempt.started_at, attempt.ended_at)
+
+
+def _second(when: datetime | None) -> str:
+    """A time as auditors read it: UTC, to the second."""
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if when else "-"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _ms_between(start: datetime | None, end: datetime | None) -> str:
+    return _ms((end - start).total_seconds() * 1000 if start and end else None)
 
 
 def _text(content: Any) -> str:
@@ -80,14 +106,14 @@ def _message(message: Any) -> SafeString:
 @admin.register(AuditRecord)
 class AuditRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
-        "started_at",
+        "started",
         "app_name",
         "public_model",
         "provider",
         "protocol",
         "outcome",
-        "ttft_ms",
-        "duration_ms",
+        "ttft",
+        "duration",
         "tokens",
     )
     list_filter = ("outcome", "protocol", "public_model", "provider", "app_name")
@@ -114,6 +140,18 @@ class AuditRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             {"fields": ("error_class", "error_message", "resumes", "continued")},
         ),
     )
+
+    @admin.display(description="started (UTC)", ordering="started_at")
+    def started(self, record: AuditRecord) -> str:
+        return _second(record.started_at)
+
+    @admin.display(description="TTFT (ms)", ordering="ttft_ms")
+    def ttft(self, record: AuditRecord) -> str:
+        return _ms(record.ttft_ms)
+
+    @admin.display(description="duration (ms)", ordering="duration_ms")
+    def duration(self, record: AuditRecord) -> str:
+        return _ms(record.duration_ms)
 
     @admin.display(description="tokens")
     def tokens(self, record: AuditRecord) -> int | None:

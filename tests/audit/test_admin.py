@@ -126,3 +126,35 @@ def test_filter_by_outcome(alice: Client, record: AuditRecord, other_record: Aud
     page = alice.get(CHANGELIST, {"outcome__exact": "upstream_error"}).content.decode()
     assert _change_url(other_record) in page
     assert _change_url(record) not in page
+
+
+def test_lists_show_times_to_the_second_and_durations_in_ms(alice):
+    from datetime import UTC, datetime
+
+    started = datetime(2026, 3, 1, 9, 30, 15, 250000, tzinfo=UTC).timestamp()
+    record = audit_record_write(
+        entry=make_entry(
+            "chatcmpl-timed",
+            started_at=started,
+            ended_at=started + 2.5,
+            duration_ms=2500.0,
+            ttft_ms=212.4,
+            attempts=[
+                make_attempt(
+                    "openai",
+                    started_at=started,
+                    first_token_at=started + 0.2,
+                    ended_at=started + 2.4,
+                )
+            ],
+        )
+    )
+
+    listing = alice.get(CHANGELIST).content.decode()
+    assert "2026-03-01 09:30:15<" in listing
+    assert ">2,500<" in listing and ">212<" in listing
+
+    page = alice.get(reverse("admin:audit_auditrecord_change", args=[record.pk])).content.decode()
+    assert "2026-03-01 09:30:15" in page
+    assert ">200.0<" in page or ">200<" in page  # first token, ms after the attempt began
+    assert ">2,400<" in page  # the attempt's duration
