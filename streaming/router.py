@@ -24,7 +24,14 @@ from itertools import groupby
 from typing import Any
 
 from audit.records import AttemptEntry, AuditEntry
-from streaming.breaker import breaker_key, breakers, counts_as_failure
+from streaming.breaker import (
+    CLOSED,
+    breaker_config,
+    breaker_key,
+    breakers,
+    counts_as_failure,
+    status,
+)
 from streaming.continuation import ContinuationFilter, StreamProgress, continuation_request
 from streaming.providers import ChatRequest, UpstreamError, UpstreamTarget, adapter_for
 from streaming.routes import ResolvedRoute, RoutePolicy, TargetChoice
@@ -192,6 +199,10 @@ class FallbackRun:
                 return
             except UpstreamError as error:
                 last_error = error
+                if counts_as_failure(error.error_class):
+                    # Admission is asked again: a failure that opened the circuit
+                    # (or a half-open probe that failed) stops the retries into it.
+                    admitted.pop(key, None)
                 await self._after_failure(error, plan, position)
         if last_error is not None:
             raise last_error
@@ -255,6 +266,8 @@ class FallbackRun:
         key = breaker_key(plan[position])
         if position + 1 >= len(plan) or breaker_key(plan[position + 1]) != key:
             return  # the next attempt goes elsewhere: no reason to wait
+        if status(breakers().get(key), breaker_config(), time.time()) != CLOSED:
+            return  # the circuit opened: the retry will not be sent, so no wait for it
         retry = sum(1 for t in plan[:position] if breaker_key(t) == key)
         delay = backoff_delay(self.policy, retry, error)
         if delay > MAX_RETRY_AFTER:

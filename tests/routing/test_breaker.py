@@ -73,3 +73,25 @@ def test_every_circuit_open_fails_fast(client, upstream, make_route):
     assert len(upstream.requests_for(broken)) == 2
     record = wait_for_audit(raised.value.response.headers["x-sluice-stream-id"])
     assert record.error_class == "circuit_open" and attempts(record) == []
+
+
+def test_a_half_open_circuit_is_probed_once_per_request_not_once_per_retry(
+    client, upstream, make_route
+):
+    flaky, backup = unique("flaky"), unique("backup")
+    upstream.script(flaky, fault="http_500")
+    upstream.script(backup, tokens=["from", " backup"])
+    model = make_route(
+        ("openai", upstream.base_url, flaky),
+        ("openai", upstream.base_url, backup),
+        attempts_per_target=3,
+        backoff_seconds=0.01,
+    )
+
+    # Two failures open the circuit: the third retry is not sent into it.
+    assert ask(client, model)[0] == "from backup"
+    assert len(upstream.requests_for(flaky)) == 2
+
+    time.sleep(1.1)  # half-open: one probe, which fails and reopens the circuit
+    assert ask(client, model)[0] == "from backup"
+    assert len(upstream.requests_for(flaky)) == 3
