@@ -19,7 +19,14 @@ from django.http import HttpRequest
 from django.utils.html import format_html_join
 
 from streaming.breaker import CLOSED, CircuitView, circuit_views, reset_circuits
-from streaming.models import ModelRoute, Provider, RetryOn, RouteTarget, default_retry_on
+from streaming.models import (
+    ModelRoute,
+    Provider,
+    RetryOn,
+    RouteTarget,
+    default_retry_on,
+    default_retry_same_target_on,
+)
 from streaming.providers import UpstreamError, UpstreamTarget
 from streaming.router import probe_target
 
@@ -193,6 +200,19 @@ class ModelRouteForm(forms.ModelForm):
         help_text="Failures that are retried, then fallen back on. Others go to the client.",
     )
 
+    retry_same_target_on = forms.MultipleChoiceField(
+        choices=RetryOn.choices,
+        initial=default_retry_same_target_on,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Retry the same target on",
+        help_text=(
+            "Of the failures above, those tried again on the same target (up to attempts "
+            "per target). The others go to the next target at once: a timeout or a silent "
+            "upstream would cost its full timeout again."
+        ),
+    )
+
     class Meta:
         model = ModelRoute
         fields = "__all__"
@@ -212,6 +232,7 @@ class ModelRouteAdmin(admin.ModelAdmin):
             {
                 "fields": [
                     "retry_on",
+                    "retry_same_target_on",
                     "attempts_per_target",
                     "backoff_seconds",
                     "first_token_timeout",

@@ -7,7 +7,8 @@ The file format (YAML or JSON)::
          api_key_env: VLLM_KEY}
     routes:
       - model: chat-default
-        attempts_per_target: 2          # optional policy fields
+        attempts_per_target: 2          # optional policy fields, e.g.
+        retry_same_target_on: [connect_error, rate_limited, server_error]
         targets:
           - {provider: local-vllm, model: "meta-llama/Llama-3.1-8B-Instruct"}
 
@@ -35,6 +36,7 @@ POLICY_FIELDS = (
     "stall_timeout",
     "allow_midstream_fallback",
     "retry_on",
+    "retry_same_target_on",
     "load_balance",
 )
 

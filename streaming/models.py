@@ -75,6 +75,17 @@ def default_retry_on() -> list[str]:
     ]
 
 
+def default_retry_same_target_on() -> list[str]:
+    """Worth another try on the same target: a 429, a 5xx or a reset may pass. A
+    timeout or a silent upstream is not: waiting on it again costs the full
+    timeout each time, so the next target gets the request at once."""
+    return [
+        RetryOn.CONNECT_ERROR.value,
+        RetryOn.RATE_LIMITED.value,
+        RetryOn.SERVER_ERROR.value,
+    ]
+
+
 class ModelRoute(models.Model):
     """A public model name and the policy for reaching its targets."""
 
@@ -82,7 +93,9 @@ class ModelRoute(models.Model):
     description = models.CharField(max_length=300, blank=True)
     enabled = models.BooleanField(default=True)
     attempts_per_target = models.PositiveSmallIntegerField(
-        default=1, validators=[MinValueValidator(1)]
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Tries on one target for the failures retried on the same target.",
     )
     backoff_seconds = models.FloatField(default=0.2, validators=[MinValueValidator(0)])
     first_token_timeout = models.FloatField(
@@ -99,6 +112,15 @@ class ModelRoute(models.Model):
         blank=True,
         validators=[validate_retry_on],
         help_text="Failures that are retried or fallen back on; others go to the client.",
+    )
+    retry_same_target_on = models.JSONField(
+        default=default_retry_same_target_on,
+        blank=True,
+        validators=[validate_retry_on],
+        help_text=(
+            "Of those, the failures tried again on the same target (up to attempts per "
+            "target); the others go to the next target at once."
+        ),
     )
     load_balance = models.BooleanField(
         default=False,

@@ -259,11 +259,15 @@ class FallbackRun:
         self, error: UpstreamError, plan: list[UpstreamTarget], position: int
     ) -> None:
         """Raise ``error`` unless the policy lets the next attempt go; wait if it should."""
-        if FAILURE_KINDS.get(error.error_class) not in self.policy.retry_on:
+        kind = FAILURE_KINDS.get(error.error_class)
+        if kind not in self.policy.retry_on:
             raise error
         if self.progress.started:
             self._check_continuable(error)
         key = breaker_key(plan[position])
+        if kind not in self.policy.retry_same_target_on:
+            self.skipped.add(key)  # e.g. a timeout: the next target gets it at once
+            return
         if position + 1 >= len(plan) or breaker_key(plan[position + 1]) != key:
             return  # the next attempt goes elsewhere: no reason to wait
         if status(breakers().get(key), breaker_config(), time.time()) != CLOSED:

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import transaction
 
 from streaming.logging import warn_throttled
-from streaming.models import ModelRoute, default_retry_on
+from streaming.models import ModelRoute, default_retry_on, default_retry_same_target_on
 from streaming.providers.base import UpstreamTarget
 from streaming.redis_log import redis_client
 
@@ -42,6 +42,10 @@ class RoutePolicy:
     stall_timeout: float = 60.0
     allow_midstream_fallback: bool = False
     retry_on: frozenset[str] = field(default_factory=lambda: frozenset(default_retry_on()))
+    # Of retry_on, what is tried again on the same target; the rest moves on at once.
+    retry_same_target_on: frozenset[str] = field(
+        default_factory=lambda: frozenset(default_retry_same_target_on())
+    )
     load_balance: bool = False
 
 
@@ -127,6 +131,7 @@ def _policy(route: ModelRoute) -> RoutePolicy:
         stall_timeout=route.stall_timeout,
         allow_midstream_fallback=route.allow_midstream_fallback,
         retry_on=frozenset(route.retry_on or ()),
+        retry_same_target_on=frozenset(route.retry_same_target_on or ()),
         load_balance=route.load_balance,
     )
 

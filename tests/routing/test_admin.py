@@ -28,6 +28,7 @@ def route_form(route, targets) -> dict:
         "description": route.description,
         "enabled": "on",
         "retry_on": list(route.retry_on),
+        "retry_same_target_on": list(route.retry_same_target_on),
         "attempts_per_target": route.attempts_per_target,
         "backoff_seconds": route.backoff_seconds,
         "first_token_timeout": route.first_token_timeout,

@@ -320,3 +320,64 @@ def test_abandoned_stream_closes_its_upstream_request(gateway, alice, upstream, 
     assert record.outcome in ("client_disconnected", "abandoned")
     assert upstream.wait_open_requests(0)
     assert attempts(record)[0][0] == "cancelled"
+
+
+# -- the policy per failure kind ---------------------------------------------------
+def test_a_silent_target_costs_one_timeout_then_the_next_target_answers(
+    sdk, alice, upstream, make_route
+):
+    silent = scripted(upstream, tokens=HEALTHY, ttft=5)  # never a first token in time
+    backup = scripted(upstream, tokens=HEALTHY)
+    model = make_route(
+        ("openai", upstream.base_url, silent),
+        ("openai", upstream.base_url, backup),
+        attempts_per_target=3,
+        **TIMEOUTS,
+    )
+
+    got = via_sdk(sdk, alice, model)
+
+    assert got.text == "Hello from the backup."
+    assert len(upstream.requests_for(silent)) == 1  # not three first-token timeouts
+    assert attempts(wait_for_audit(got.stream_id)) == [
+        ("failed", "first_token_timeout", False),
+        ("ok", "", False),
+    ]
+
+
+def test_a_server_error_is_tried_again_on_the_same_target_first(sdk, alice, upstream, make_route):
+    broken = scripted(upstream, fault="http_500")
+    backup = scripted(upstream, tokens=HEALTHY)
+    model = make_route(
+        ("openai", upstream.base_url, broken),
+        ("openai", upstream.base_url, backup),
+        attempts_per_target=2,
+        **TIMEOUTS,
+    )
+
+    got = via_sdk(sdk, alice, model)
+
+    assert got.text == "Hello from the backup."
+    assert len(upstream.requests_for(broken)) == 2
+    assert [a[1] for a in attempts(wait_for_audit(got.stream_id))] == [
+        "server_error",
+        "server_error",
+        "",
+    ]
+
+
+def test_a_route_may_retry_timeouts_on_the_same_target_if_ops_say_so(
+    sdk, alice, upstream, make_route
+):
+    silent = scripted(upstream, tokens=HEALTHY, ttft=5)
+    backup = scripted(upstream, tokens=HEALTHY)
+    model = make_route(
+        ("openai", upstream.base_url, silent),
+        ("openai", upstream.base_url, backup),
+        attempts_per_target=2,
+        retry_same_target_on=["timeout"],
+        **TIMEOUTS,
+    )
+
+    assert via_sdk(sdk, alice, model).text == "Hello from the backup."
+    assert len(upstream.requests_for(silent)) == 2
