@@ -158,7 +158,7 @@ def _error_response(session: StreamSession) -> JsonResponse:
     return JsonResponse(
         session.error_payload or {},
         status=session.error_status or 502,
-        headers={"X-Sluice-Stream-Id": session.id},
+        headers=session.served_headers(),
     )
 
 
@@ -177,6 +177,7 @@ async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse
         await session.log.wait_after(0)
         if session.log.read_after(0, 1)[0][1] == ERROR:
             return _error_response(session)
+        response.headers.update(session.served_headers())  # who answered the first token
         return None
 
     response.hold = first_event
@@ -194,7 +195,9 @@ async def _complete(request: ApiRequest, identity: AppIdentity, chat: ChatReques
         "id": session.id,
         "object": "chat.completion",
         "created": session.created,
-        "model": session.route.model,
+        "model": session.audit.attempts[-1].upstream_model
+        if session.audit.attempts
+        else session.route.model,
         "choices": [
             {
                 "index": 0,
@@ -206,7 +209,7 @@ async def _complete(request: ApiRequest, identity: AppIdentity, chat: ChatReques
     }
     if transcript.usage:
         body["usage"] = transcript.usage
-    return JsonResponse(body, headers={"X-Sluice-Stream-Id": session.id})
+    return JsonResponse(body, headers=session.served_headers())
 
 
 async def list_models(request: ApiRequest) -> JsonResponse:

@@ -118,13 +118,21 @@ class StreamProgress:
 
 
 class ContinuationFilter:
-    """Rewrites a continuing attempt's chunks so the client's stream reads as one."""
+    """Rewrites a continuing attempt's chunks so the client's stream reads as one.
 
-    def __init__(self, partial: str) -> None:
+    Its usage is the whole answer's: ``earlier_tokens``, what the attempts before
+    generated for the client, is added to the completion tokens it reports.
+    """
+
+    def __init__(self, partial: str, earlier_tokens: int = 0) -> None:
         self.trimmer = OverlapTrimmer(partial)
+        self.earlier_tokens = earlier_tokens
 
     def feed(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks to send for one upstream chunk (zero, one or two)."""
+        usage = body.get("usage")
+        if usage and self.earlier_tokens:
+            body = {**body, "usage": self._whole(usage)}
         choices = body.get("choices") or []
         if not choices:
             return [c for c in (self._text_chunk(self.trimmer.flush()), body) if c]
@@ -143,6 +151,13 @@ class ContinuationFilter:
 
     def flush(self) -> list[dict[str, Any]]:
         return [chunk for chunk in [self._text_chunk(self.trimmer.flush())] if chunk]
+
+    def _whole(self, usage: dict[str, Any]) -> dict[str, Any]:
+        whole = dict(usage)
+        for name in ("completion_tokens", "total_tokens"):
+            if isinstance(whole.get(name), int):
+                whole[name] += self.earlier_tokens
+        return whole
 
     @staticmethod
     def _text_chunk(text: str) -> dict[str, Any]:

@@ -226,7 +226,7 @@ class FallbackRun:
         if continuing:
             used = sum(a.tokens for a in self.audit.attempts)
             request = continuation_request(self.request, progress.text, used)
-            rewrite = ContinuationFilter(progress.text)
+            rewrite = ContinuationFilter(progress.text, earlier_tokens=used)
         healthy = False
         try:
             async for body in upstream_attempt(target, request, self.policy, record):

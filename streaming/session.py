@@ -20,7 +20,7 @@ import orjson
 from django.conf import settings
 
 from accounts.identity import AppIdentity
-from audit.records import AuditEntry
+from audit.records import AttemptEntry, AuditEntry
 from audit.writer import audit_submit
 from streaming import finished, metrics, redis_log
 from streaming.log import CHUNK, END, ERROR, Entry, LogLimits, MemoryStreamLog, StreamLogFull
@@ -80,15 +80,8 @@ class StreamSession:
         self.resumes = 0
         self._abandon: asyncio.TimerHandle | None = None
         self._cancel_reason = ""
-        self._prefix = (
-            b'{"id":"'
-            + self.id.encode()
-            + b'","object":"chat.completion.chunk","created":'
-            + str(self.created).encode()
-            + b',"model":'
-            + orjson.dumps(route.model)
-            + b","
-        )
+        self._prefix = self._chunk_prefix(route.model)
+        self._prefix_attempt: AttemptEntry | None = None
         self.audit = AuditEntry(
             request_id=self.id,
             protocol=protocol,
@@ -187,11 +180,51 @@ class StreamSession:
             self.cancel("abandoned")
 
     # -- the generation --------------------------------------------------
+    def _chunk_prefix(self, model: str) -> bytes:
+        """A chunk's fields before its body's own: one stream id, the serving model."""
+        return (
+            b'{"id":"'
+            + self.id.encode()
+            + b'","object":"chat.completion.chunk","created":'
+            + str(self.created).encode()
+            + b',"model":'
+            + orjson.dumps(model)
+            + b","
+        )
+
     def _append_chunk(self, body: dict[str, Any]) -> None:
         self.transcript.add(body)
         if not body.get("choices") and not self.request.include_usage:
             return  # usage-only chunk: recorded, shown only to clients that asked
+        # A chunk names the model that made it (as OpenAI names the snapshot it
+        # resolved to), so after a fallback or a continuation the client sees who answered.
+        attempts = self.audit.attempts
+        if attempts and attempts[-1] is not self._prefix_attempt:
+            self._prefix_attempt = attempts[-1]
+            self._prefix = self._chunk_prefix(attempts[-1].upstream_model)
         self.log.append(CHUNK, self._prefix + orjson.dumps(body)[1:])
+
+    def served_headers(self) -> dict[str, str]:
+        """Response headers that say which target answered, and how it came to."""
+        headers = {"X-Sluice-Stream-Id": self.id}
+        attempts = self.audit.attempts
+        if not attempts:
+            return headers
+        served, first = attempts[-1], attempts[0]
+        fell_back = (served.provider, served.upstream_model) != (
+            first.provider,
+            first.upstream_model,
+        )
+        headers.update(
+            {
+                "X-Sluice-Provider": served.provider,
+                "X-Sluice-Model": served.upstream_model,
+                "X-Sluice-Attempts": str(len(attempts)),
+                "X-Sluice-Fallback": "true" if fell_back else "false",
+                "X-Sluice-Continued": "true" if self.audit.continued else "false",
+            }
+        )
+        return headers
 
     def _fail(self, status: int, payload: dict[str, Any]) -> None:
         self.error_status = status

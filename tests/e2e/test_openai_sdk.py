@@ -33,7 +33,7 @@ def test_stream_through_openai_upstream(gateway, alice, sdk, make_route, upstrea
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello, world!"
     assert {c.id for c in chunks} == {chunks[0].id}
     assert {c.created for c in chunks} == {chunks[0].created}
-    assert all(c.model == model for c in chunks)
+    assert all(c.model == upstream_model for c in chunks)  # the model that answered
     assert chunks[0].choices[0].delta.role == "assistant"
     content_chunks = [c for c in chunks if c.choices]
     assert content_chunks[-1].choices[0].finish_reason == "stop"

@@ -8,9 +8,11 @@ fault-injecting fake.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -381,3 +383,65 @@ def test_a_route_may_retry_timeouts_on_the_same_target_if_ops_say_so(
 
     assert via_sdk(sdk, alice, model).text == "Hello from the backup."
     assert len(upstream.requests_for(silent)) == 2
+
+
+# -- what the client is told about who answered ----------------------------------
+def sse_chunks(gateway, actor, model, **params):
+    """The chunks of one raw SSE stream, and the response headers."""
+    body = {"model": model, "stream": True, "messages": HELLO, **params}
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", headers=actor.headers, json=body
+    ) as response:
+        lines = [line[6:] for line in response.iter_lines() if line.startswith("data: {")]
+        return [json.loads(line) for line in lines], response.headers
+
+
+def test_after_a_fallback_the_client_sees_the_model_that_answered(
+    gateway, alice, upstream, make_route
+):
+    broken = scripted(upstream, fault="http_500")
+    backup = scripted(upstream, tokens=HEALTHY)
+    model = make_route(
+        ("openai", upstream.base_url, broken), ("openai", upstream.base_url, backup), **TIMEOUTS
+    )
+
+    chunks, headers = sse_chunks(gateway, alice, model)
+
+    assert {chunk["model"] for chunk in chunks} == {backup}
+    record = wait_for_audit(headers["x-sluice-stream-id"])
+    assert headers["x-sluice-provider"] == record.attempts.last().provider
+    assert headers["x-sluice-model"] == backup
+    assert headers["x-sluice-fallback"] == "true"
+    assert headers["x-sluice-attempts"] == "2"
+
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers=alice.headers,
+        json={"model": model, "messages": HELLO},
+    )
+    assert response.json()["model"] == backup
+    assert response.headers["x-sluice-model"] == backup
+
+
+def test_a_continuation_switches_the_chunks_model_and_usage_covers_both_attempts(
+    gateway, alice, upstream, make_route
+):
+    first = scripted(upstream, tokens=FIRST, fault="die", fault_after=3)
+    backup = scripted(upstream, tokens=SECOND)
+    model = make_route(
+        ("openai", upstream.base_url, first),
+        ("openai", upstream.base_url, backup),
+        allow_midstream_fallback=True,
+        **TIMEOUTS,
+    )
+
+    chunks, headers = sse_chunks(gateway, alice, model, stream_options={"include_usage": True})
+
+    models = [chunk["model"] for chunk in chunks]
+    switch = models.index(backup)
+    assert set(models[:switch]) == {first} and set(models[switch:]) == {backup}
+    assert headers["x-sluice-model"] == first  # who sent the first token
+    record = wait_for_audit(headers["x-sluice-stream-id"])
+    generated = [a.tokens for a in record.attempts.all()]
+    assert chunks[-1]["usage"]["completion_tokens"] == sum(generated)
+    assert record.usage["completion_tokens"] == sum(generated)
