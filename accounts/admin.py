@@ -1,21 +1,70 @@
-"""Ops edit an app's policy (scopes, allowed models, on/off) on DOT's Application page."""
+"""Ops edit an app's policy (scopes, allowed models, on/off) on DOT's Application page.
+
+What means nothing for client-credentials apps (grants, ID tokens, refresh
+tokens) is kept out of the admin; access tokens stay, so ops can see and
+revoke them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from django import forms
 from django.contrib import admin
-from oauth2_provider.models import get_application_admin_class, get_application_model
+from oauth2_provider.models import (
+    get_application_admin_class,
+    get_application_model,
+    get_grant_model,
+    get_id_token_model,
+    get_refresh_token_model,
+)
+from oauth2_provider.scopes import get_scopes_backend
 
 from accounts.models import AppPolicy
 
 Application = get_application_model()
 
+# The public model names an app may be allowed, supplied by whoever knows the
+# routes (streaming registers it at start-up: accounts never imports streaming).
+model_names: list[Callable[[], list[str]]] = []
+
+
+def _model_choices(current: list[str]) -> list[tuple[str, str]]:
+    names = {name for source in model_names for name in source()}
+    # A name no route has (any more) stays visible, so saving does not drop it unseen.
+    return [(name, name) for name in sorted(names | set(current))]
+
+
+class AppPolicyForm(forms.ModelForm):
+    """Scopes and models as checkboxes, not JSON."""
+
+    scopes = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple,
+        help_text="What tokens of this app may do.",
+    )
+    allowed_models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="The model routes this app may call. None checked: every model.",
+    )
+
+    class Meta:
+        model = AppPolicy
+        fields = ("enabled", "scopes", "allowed_models")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        scopes = get_scopes_backend().get_all_scopes()
+        self.fields["scopes"].choices = [(k, f"{k}: {v}") for k, v in scopes.items()]
+        current = list(self.instance.allowed_models or []) if self.instance.pk else []
+        self.fields["allowed_models"].choices = _model_choices(current)
+
 
 class AppPolicyInline(admin.StackedInline):
     model = AppPolicy
+    form = AppPolicyForm
     can_delete = False
-    fields = ("enabled", "scopes", "allowed_models")
     verbose_name_plural = "policy"
 
 
@@ -33,3 +82,7 @@ class SluiceApplicationAdmin(get_application_admin_class()):  # type: ignore[mis
 if admin.site.is_registered(Application):
     admin.site.unregister(Application)
 admin.site.register(Application, SluiceApplicationAdmin)
+
+for unused in (get_grant_model(), get_id_token_model(), get_refresh_token_model()):
+    if admin.site.is_registered(unused):
+        admin.site.unregister(unused)

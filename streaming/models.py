@@ -134,6 +134,11 @@ class ModelRoute(models.Model):
     def __str__(self) -> str:
         return self.model
 
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every route's public name (what an app's policy may allow)."""
+        return list(cls.objects.order_by("model").values_list("model", flat=True))
+
 
 class RouteTarget(models.Model):
     """One provider + upstream model a route may use, in priority order."""

@@ -1,0 +1,90 @@
+"""The app pages of the admin: a policy edited with real widgets, no OAuth2 clutter."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+
+from accounts.models import AppPolicy
+from accounts.services import app_create
+from streaming.models import ModelRoute
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def ops() -> Client:
+    client = Client()
+    client.force_login(User.objects.create_superuser("ops", "ops@example.com", "x"))
+    return client
+
+
+def checked(page: str, name: str) -> set[str]:
+    boxes = re.findall(
+        rf'<input type="checkbox" name="{re.escape(name)}" value="([^"]+)"[^>]*>', page
+    )
+    on = re.findall(
+        rf'<input type="checkbox" name="{re.escape(name)}" value="([^"]+)"[^>]*checked', page
+    )
+    return set(boxes), set(on)
+
+
+def test_the_policy_has_checkboxes_for_scopes_and_for_the_configured_routes(ops):
+    for model in ("chat-small", "chat-large"):
+        ModelRoute.objects.create(model=model)
+    app, _ = app_create(name="acme", scopes=["chat"], models=["chat-small", "retired-model"])
+
+    page = ops.get(reverse("admin:oauth2_provider_application_change", args=[app.pk])).content
+    page = page.decode()
+
+    scopes, scopes_on = checked(page, "policy-0-scopes")
+    assert scopes == {"chat", "admin"} and scopes_on == {"chat"}
+    models, models_on = checked(page, "policy-0-allowed_models")
+    # Every route to choose from, and a name no route has any more is kept, not dropped.
+    assert models == {"chat-small", "chat-large", "retired-model"}
+    assert models_on == {"chat-small", "retired-model"}
+    assert "<textarea" not in page.split('id="policy-group"')[1].split("</fieldset>")[0]
+
+
+def test_saving_the_checkboxes_saves_the_policy(ops):
+    ModelRoute.objects.create(model="chat-small")
+    app, _ = app_create(name="acme", scopes=["chat"])
+    url = reverse("admin:oauth2_provider_application_change", args=[app.pk])
+    policy = AppPolicy.objects.get(application=app)
+    form = {
+        "client_id": app.client_id,
+        "client_secret": "",
+        "client_type": app.client_type,
+        "authorization_grant_type": app.authorization_grant_type,
+        "name": app.name,
+        "algorithm": app.algorithm,
+        "redirect_uris": "",
+        "post_logout_redirect_uris": "",
+        "allowed_origins": "",
+        "policy-TOTAL_FORMS": "1",
+        "policy-INITIAL_FORMS": "1",
+        "policy-MIN_NUM_FORMS": "0",
+        "policy-MAX_NUM_FORMS": "1",
+        "policy-0-id": str(policy.pk),
+        "policy-0-application": str(app.pk),
+        "policy-0-enabled": "on",
+        "policy-0-scopes": ["chat", "admin"],
+        "policy-0-allowed_models": ["chat-small"],
+    }
+
+    response = ops.post(url, form)
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    policy.refresh_from_db()
+    assert policy.scopes == ["chat", "admin"] and policy.allowed_models == ["chat-small"]
+
+
+def test_oauth2_models_that_mean_nothing_for_client_credentials_are_out_of_sight(ops):
+    index = ops.get(reverse("admin:index")).content.decode()
+    assert "Access tokens" in index  # ops can still see and revoke tokens
+    for hidden in ("Grants", "Id tokens", "Refresh tokens"):
+        assert hidden not in index
