@@ -56,9 +56,15 @@ class AppPolicyForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         scopes = get_scopes_backend().get_all_scopes()
-        self.fields["scopes"].choices = [(k, f"{k}: {v}") for k, v in scopes.items()]
         current = list(self.instance.allowed_models or []) if self.instance.pk else []
-        self.fields["allowed_models"].choices = _model_choices(current)
+        choices = {
+            "scopes": [(k, f"{k}: {v}") for k, v in scopes.items()],
+            "allowed_models": _model_choices(current),
+        }
+        for name, options in choices.items():
+            field = self.fields[name]
+            assert isinstance(field, forms.MultipleChoiceField)
+            field.choices = options
 
 
 class AppPolicyInline(admin.StackedInline):
