@@ -8,7 +8,6 @@ escaped.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import httpx
@@ -16,31 +15,16 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import wait_for_audit
+from tests.security.payloads import deep, encode
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
 
 NUL = "\x00"
 
 
-def encode(body: Any) -> str:
-    """JSON text; a ``deep(n)`` marker becomes n nested objects (too deep for json.dumps)."""
-    text = json.dumps(body)
-    for marker in set(DEEP.findall(text)):
-        levels = int(marker[len('"__deep') : -3])
-        text = text.replace(marker, '{"a": ' * levels + '"x"' + "}" * levels)
-    return text
-
-
-DEEP = re.compile(r'"__deep\d+__"')
-
-
 def post(gateway, actor, body: dict[str, Any], path: str = "/v1/chat/completions"):
     headers = {**actor.headers, "content-type": "application/json"}
     return httpx.post(f"{gateway.url}{path}", headers=headers, content=encode(body), timeout=20)
-
-
-def deep(levels: int) -> str:
-    return f"__deep{levels}__"
 
 
 def assert_400(response: httpx.Response, param_start: str) -> None:
