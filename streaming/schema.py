@@ -132,7 +132,11 @@ def _check_tools(params: dict[str, Any]) -> None:
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(name, str) or not name or len(name) > TOOL_NAME_MAX_CHARS:
+        if (
+            not isinstance(function, dict)
+            or not isinstance(name, str)
+            or not 0 < len(name) <= TOOL_NAME_MAX_CHARS
+        ):
             raise _bad(
                 f"tools[{i}] must be an object with function.name, a string of 1 to "
                 f"{TOOL_NAME_MAX_CHARS} characters",
