@@ -134,7 +134,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
         route = await resolve_route(chat.model)
         if route is None:
-            raise ApiError(404, f"the model '{chat.model}' does not exist", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model '{chat.model}' does not exist",
+                code="model_not_found",
+                param="model",
+            )
         session = StreamSession(
             identity=self.identity,
             request=chat,

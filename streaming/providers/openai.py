@@ -130,6 +130,13 @@ def _check_usage(usage: Any) -> None:
         value = usage.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise _malformed(f"usage.{name} is not an integer")
+    # Details (prompt_tokens_details: {cached_tokens}, ...) nest one level;
+    # what nests deeper could not be re-encoded for the client or the audit.
+    for detail in usage.values():
+        if isinstance(detail, dict) and any(isinstance(v, dict | list) for v in detail.values()):
+            raise _malformed("usage nests too deep")
+        if isinstance(detail, list):
+            raise _malformed("usage holds an array")
 
 
 def _stream_error(error: Any) -> UpstreamError:

@@ -293,6 +293,7 @@ OPENAI_SHAPES: dict[str, Any] = {
     },
     "usage_not_object": {"choices": [], "usage": "lots"},
     "usage_count_not_int": {"choices": [], "usage": {"completion_tokens": "many"}},
+    "usage_too_deep": {"choices": [], "usage": {"details": {"a": [[[[[[[[[[[[[[1]]]]]]]]]]]]]]}}},
 }
 
 ANTHROPIC_SHAPES: dict[str, Any] = {
