@@ -33,7 +33,7 @@ _SHAPES = re.compile(
     # OpenAI and Anthropic style keys, wherever they appear.
     rf"|\bsk-(?:ant-)?[A-Za-z0-9_-]{{8,}}"
     # key=..., "api_key": "...", x-api-key: ..., client_secret=...
-    rf"|(?i:(?P<label>\b[\w-]*(?:key|token|secret|password|authorization)"
+    rf"|(?i:(?P<label>\b[\w-]{0,40}(?:key|token|secret|password|authorization)"
     rf"[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?)){_CHARS}{{16,}}"
 )
 
