@@ -182,8 +182,14 @@ def error_for_transport(exc: BaseException, *, responded: bool) -> UpstreamError
     )
 
 
+# An error body larger than this is kept as the start of its text, unparsed.
+ERROR_BODY_MAX_BYTES = 64 * 1024
+
+
 async def _error_body(response: UpstreamResponse) -> Any:
     raw = await response.aread()
+    if len(raw) > ERROR_BODY_MAX_BYTES:
+        return raw[:2000].decode("utf-8", "replace")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

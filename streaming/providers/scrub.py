@@ -25,6 +25,9 @@ AUTH_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "api-key")
 MIN_SECRET_CHARS = 8
 # Deeper JSON than this is not kept at all (an error body has no reason to nest).
 MAX_DEPTH = 16
+# Longer upstream strings are cut: nobody reads that much of an error, and
+# scrubbing costs time in proportion.
+MAX_CHARS = 20_000
 
 _CHARS = r"[A-Za-z0-9._~+/=-]"
 _SHAPES = re.compile(
@@ -33,7 +36,7 @@ _SHAPES = re.compile(
     # OpenAI and Anthropic style keys, wherever they appear.
     rf"|\bsk-(?:ant-)?[A-Za-z0-9_-]{{8,}}"
     # key=..., "api_key": "...", x-api-key: ..., client_secret=...
-    rf"|(?i:(?P<label>\b[\w-]{0,40}(?:key|token|secret|password|authorization)"
+    rf"|(?i:(?P<label>\b[\w-]{{0,40}}(?:key|token|secret|password|authorization)"
     rf"[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?)){_CHARS}{{16,}}"
 )
 
@@ -66,9 +69,13 @@ class Scrubber:
         return cls(secrets)
 
     def text(self, value: str) -> str:
+        # Known secrets first, over the whole text, so a cut cannot leave
+        # the start of one behind.
         for secret in self._known:
             if secret in value:
                 value = value.replace(secret, REDACTED)
+        if len(value) > MAX_CHARS:
+            value = value[:MAX_CHARS] + "...(cut)"
         return _SHAPES.sub(_replace, value)
 
     def json(self, value: Any, depth: int = 0) -> Any:

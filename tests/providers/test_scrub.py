@@ -86,3 +86,8 @@ def test_scrub_error_cleans_message_and_body() -> None:
     scrub_error(error, Scrubber([ODD_KEY]))
     assert ODD_KEY not in error.message and ODD_KEY not in str(error)
     assert error.body == REDACTED
+
+
+def test_long_upstream_text_is_cut_before_it_is_scrubbed() -> None:
+    scrubbed = Scrubber().text("a-" * 100_000 + "api_key=0123456789abcdef0123456789")
+    assert len(scrubbed) < 20_100 and scrubbed.endswith("...(cut)")
