@@ -70,7 +70,13 @@ class OpenAIStreamDecoder:
                 raise _malformed("a choice is not an object")
             delta = choice.get("delta")
             if delta is not None:
-                _check_delta(delta)
+                if not isinstance(delta, dict):
+                    raise _malformed("delta is not an object")
+                content = delta.get("content")
+                if content is not None and not isinstance(content, str):
+                    raise _malformed("delta.content is not a string")
+                if "tool_calls" in delta:
+                    _check_tool_calls(delta["tool_calls"])
             reason = choice.get("finish_reason")
             if reason:
                 if not isinstance(reason, str):
@@ -88,18 +94,13 @@ def _malformed(what: str) -> UpstreamError:
     return UpstreamError(f"upstream sent a malformed chunk: {what}", error_class="protocol_error")
 
 
-def _check_delta(delta: Any) -> None:
-    if not isinstance(delta, dict):
-        raise _malformed("delta is not an object")
-    content = delta.get("content")
-    if content is not None and not isinstance(content, str):
-        raise _malformed("delta.content is not a string")
-    calls = delta.get("tool_calls")
-    if calls is not None:
-        if not isinstance(calls, list):
-            raise _malformed("delta.tool_calls is not an array")
-        for call in calls:
-            _check_tool_call(call)
+def _check_tool_calls(calls: Any) -> None:
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise _malformed("delta.tool_calls is not an array")
+    for call in calls:
+        _check_tool_call(call)
 
 
 def _check_tool_call(call: Any) -> None:
