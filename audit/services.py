@@ -19,6 +19,7 @@ from oauth2_provider.models import get_application_model
 
 from audit.models import AuditRecord, UpstreamAttempt
 from audit.records import AttemptEntry, AuditEntry
+from audit.storable import storable_json, storable_text
 
 AUDITORS_GROUP = "auditors"
 
@@ -34,6 +35,7 @@ def _when_or_none(ts: float | None) -> datetime | None:
 def _clip(model: type[AuditRecord] | type[UpstreamAttempt], name: str, value: str) -> str:
     # PostgreSQL rejects an over-long value and would fail the whole batch.
     limit = getattr(model._meta.get_field(name), "max_length", None)
+    value = storable_text(value)
     return value[:limit] if limit else value
 
 
@@ -45,15 +47,15 @@ def _record_fields(entry: AuditEntry, known_apps: set[int]) -> dict[str, Any]:
         "app_id": entry.app_id if entry.app_id in known_apps else None,
         "token_id": entry.token_id,
         "client_ip": entry.client_ip or None,
-        "request_messages": entry.request_messages,
-        "request_params": entry.request_params,
-        "response_text": entry.response_text,
-        "tool_calls": entry.tool_calls,
-        "usage": entry.usage,
+        "request_messages": storable_json(entry.request_messages),
+        "request_params": storable_json(entry.request_params),
+        "response_text": storable_text(entry.response_text),
+        "tool_calls": storable_json(entry.tool_calls),
+        "usage": storable_json(entry.usage),
         "ttft_ms": entry.ttft_ms,
         "duration_ms": duration_ms,
         "status_code": entry.status_code,
-        "error_message": entry.error_message,
+        "error_message": storable_text(entry.error_message),
         "resumes": entry.resumes,
         "continued": entry.continued,
         "started_at": _when(entry.started_at),
@@ -84,7 +86,7 @@ def _attempt_fields(index: int, a: AttemptEntry) -> dict[str, Any]:
         "status_code": a.status_code,
         "outcome": _clip(UpstreamAttempt, "outcome", a.outcome),
         "error_class": _clip(UpstreamAttempt, "error_class", a.error_class),
-        "error_message": a.error_message,
+        "error_message": storable_text(a.error_message),
         "tokens": a.tokens,
         "continuation": a.continuation,
     }

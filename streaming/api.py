@@ -286,7 +286,9 @@ async def chat_stream_get(request: ApiRequest) -> JsonResponse | StreamResponse:
         raise ApiError(
             400, "'model' and 'prompt' query parameters are required", code="invalid_request"
         )
-    chat = ChatRequest(model=model, messages=[{"role": "user", "content": prompt}], stream=True)
+    # The same rules as a POSTed body: one schema for every transport.
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True}
+    chat = parse_chat_request(body)
     session = await _start(request, identity, chat, transport_of(request))
     return _stream_response(session, request, 0, resumed=False, sse=wire.eventsource_batch)
 

@@ -26,13 +26,25 @@ from streaming.log import CursorTrimmed
 from streaming.logging import bind, request_id
 from streaming.reader import UNREADABLE, SendWatch
 from streaming.routes import resolve_route
-from streaming.schema import parse_chat_request
+from streaming.schema import check_depth, parse_chat_request
 from streaming.session import StreamSession
 from streaming.streams import StreamHandle, check_cursor, find_stream, request_cancel
 
 logger = logging.getLogger("sluice.ws")
 
 TICKET_SUBPROTOCOL = "sluice.ticket."
+
+
+def _reply_to(message: Any) -> dict[str, Any]:
+    """The ids an error echoes back, if they are plain values (an echoed
+    document could be anything the client sent)."""
+    if not isinstance(message, dict):
+        return {}
+    return {
+        name: value
+        for name in ("request_id", "stream_id")
+        if isinstance(value := message.get(name), str | int | float | bool)
+    }
 
 
 class StreamConsumer(AsyncWebsocketConsumer):
@@ -81,13 +93,22 @@ class StreamConsumer(AsyncWebsocketConsumer):
             message = orjson.loads(text_data or bytes_data or b"")
             if not isinstance(message, dict):
                 raise ApiError(400, "a message must be a JSON object", code="invalid_message")
+            check_depth(message)
             await self._dispatch(message)
         except orjson.JSONDecodeError:
             await self._error(
                 ApiError(400, "a message must be valid JSON", code="invalid_json"), {}
             )
         except ApiError as error:
-            await self._error(error, message if isinstance(message, dict) else {})
+            await self._error(error, _reply_to(message))
+        except Exception:
+            # A bug handling this one message: it alone gets an error (said
+            # once, with its traceback, here); the socket and its other
+            # streams carry on.
+            logger.exception("websocket message failed")
+            failure = ApiError(500, "the message could not be handled", code="internal_error")
+            with contextlib.suppress(Exception):
+                await self._error(failure, _reply_to(message))
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -113,7 +134,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
         route = await resolve_route(chat.model)
         if route is None:
-            raise ApiError(404, f"the model '{chat.model}' does not exist", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model '{chat.model}' does not exist",
+                code="model_not_found",
+                param="model",
+            )
         session = StreamSession(
             identity=self.identity,
             request=chat,

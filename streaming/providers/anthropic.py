@@ -208,7 +208,17 @@ class AnthropicStreamDecoder:
 
     def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         handler = getattr(self, f"_on_{data.get('type')}", None)
-        return handler(data) if handler is not None else []  # ping, unknown: ignored
+        if handler is None:
+            return []  # ping, unknown: ignored
+        try:
+            return handler(data)
+        except (AttributeError, TypeError, KeyError, ValueError):
+            # A field of the wrong type (an object that is a string, ...): the
+            # upstream broke the protocol; what we pass on is checked below.
+            raise UpstreamError(
+                f"upstream sent a malformed {str(data.get('type'))[:40]} event",
+                error_class="protocol_error",
+            ) from None
 
     def _on_message_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         self._count_usage(data.get("message", {}).get("usage") or {})
@@ -217,27 +227,27 @@ class AnthropicStreamDecoder:
     def _on_content_block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         block = data.get("content_block", {})
         if block.get("type") == "text" and block.get("text"):
-            return [_delta({"content": block["text"]})]
+            return [_delta({"content": _text(block["text"])})]
         if block.get("type") != "tool_use":
             return []
-        index = self._tool_index_by_block[data.get("index", 0)] = len(self._tool_index_by_block)
+        index = self._tool_index_by_block[_index(data)] = len(self._tool_index_by_block)
         call = {
             "index": index,
-            "id": block.get("id", ""),
+            "id": _text(block.get("id", "")),
             "type": "function",
-            "function": {"name": block.get("name", ""), "arguments": ""},
+            "function": {"name": _text(block.get("name", "")), "arguments": ""},
         }
         return [_delta({"tool_calls": [call]})]
 
     def _on_content_block_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         delta = data.get("delta", {})
         if delta.get("type") == "text_delta" and delta.get("text"):
-            return [_delta({"content": delta["text"]})]
+            return [_delta({"content": _text(delta["text"])})]
         if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-            index = self._tool_index_by_block.get(data.get("index", 0))
+            index = self._tool_index_by_block.get(_index(data))
             if index is None:
                 raise UpstreamError("tool input for an unknown block", error_class="protocol_error")
-            call = {"index": index, "function": {"arguments": delta["partial_json"]}}
+            call = {"index": index, "function": {"arguments": _text(delta["partial_json"])}}
             return [_delta({"tool_calls": [call]})]
         return []  # thinking and signature deltas have no OpenAI equivalent
 
@@ -256,7 +266,9 @@ class AnthropicStreamDecoder:
         return [{"choices": [], "usage": usage}]
 
     def _on_error(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        error = data.get("error") or {}
+        error = data.get("error")
+        if not isinstance(error, dict):
+            error = {}
         raise UpstreamError(
             f"upstream error mid-stream: {error.get('message') or 'unknown'}",
             error_class=ERROR_CLASSES.get(error.get("type", ""), "provider_error"),
@@ -266,14 +278,35 @@ class AnthropicStreamDecoder:
     def _count_usage(self, usage: dict[str, Any]) -> None:
         # Anthropic's input_tokens excludes cached tokens; OpenAI's prompt_tokens includes them.
         prompt = sum(
-            usage.get(name) or 0
+            _count(usage.get(name))
             for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         )
         if prompt:
             self._prompt_tokens = prompt
         if usage.get("output_tokens") is not None:
             # Cumulative in message_delta, so the last value wins.
-            self._completion_tokens = usage["output_tokens"]
+            self._completion_tokens = _count(usage["output_tokens"])
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")  # reported by feed() as a protocol error
+    return value
+
+
+def _index(data: dict[str, Any]) -> int:
+    index = data.get("index", 0)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise TypeError("index is not an integer")
+    return index
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("a token count is not an integer")
+    return value
 
 
 def _delta(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
@@ -298,7 +331,9 @@ class AnthropicAdapter(ProviderAdapter):
         decoder = AnthropicStreamDecoder()
         sse = SSEDecoder()
         body = build_body(target, request)
-        async with post_event_stream(client, url, headers=headers, body=body) as rsp:
+        async with post_event_stream(
+            client, url, headers=headers, body=body, api_key=target.api_key
+        ) as rsp:
             async for raw in rsp.aiter_raw():
                 for event in sse.feed(raw):
                     for chunk in decoder.feed(_parse(event.data)):

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
+from streaming.providers.scrub import Scrubber
 from streaming.upstream import UpstreamPool, UpstreamResponse
 
 
@@ -181,23 +182,46 @@ def error_for_transport(exc: BaseException, *, responded: bool) -> UpstreamError
     )
 
 
+# An error body larger than this is kept as the start of its text, unparsed.
+ERROR_BODY_MAX_BYTES = 64 * 1024
+
+
 async def _error_body(response: UpstreamResponse) -> Any:
     raw = await response.aread()
+    if len(raw) > ERROR_BODY_MAX_BYTES:
+        return raw[:2000].decode("utf-8", "replace")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return raw[:2000].decode("utf-8", "replace")
 
 
+def scrub_error(error: UpstreamError, scrubber: Scrubber) -> UpstreamError:
+    """``error`` with the secrets taken out of its message and body (in place)."""
+    error.message = scrubber.text(error.message)
+    error.args = (error.message,)
+    error.body = scrubber.json(error.body)
+    return error
+
+
 @asynccontextmanager
 async def post_event_stream(
-    client: UpstreamPool, url: str, *, headers: dict[str, str], body: dict[str, Any]
+    client: UpstreamPool,
+    url: str,
+    *,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    api_key: str = "",
 ) -> AsyncIterator[UpstreamResponse]:
     """POST ``body`` and yield the 200 response; every failure is an UpstreamError.
 
     Leaving the block normally keeps the connection for the next request;
     leaving it by error or cancellation closes the upstream response, which is
-    what lets a client's cancel reach the upstream.
+    what lets a client's cancel reach the upstream. Every UpstreamError
+    leaving the block, an error status or one the adapter raised from the
+    stream (an error event), is scrubbed of ``api_key``, of what the auth
+    headers carried and of anything shaped like a credential: this is where
+    upstream text enters Sluice.
     """
     responded = False
     headers = {"content-type": "application/json", "accept": "text/event-stream", **headers}
@@ -208,5 +232,7 @@ async def post_event_stream(
             responded = True
             yield rsp
             await rsp.finish()
+    except UpstreamError as error:
+        raise scrub_error(error, Scrubber.for_request(api_key, headers)) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise error_for_transport(exc, responded=responded) from exc

@@ -58,15 +58,86 @@ class OpenAIStreamDecoder:
             raise UpstreamError("upstream sent a non-object chunk", error_class="protocol_error")
         if "error" in obj:
             raise _stream_error(obj["error"])
+        # What the gateway reads of a chunk (the transcript, the router, the
+        # continuation) must have the shape OpenAI documents: anything else is
+        # the upstream's protocol error, never a bug of ours. isinstance
+        # checks only, on the fields present: this runs once per token.
         choices = obj.get("choices") or []
+        if not isinstance(choices, list):
+            raise _malformed("choices is not an array")
         for choice in choices:
-            if choice.get("finish_reason"):
+            if not isinstance(choice, dict):
+                raise _malformed("a choice is not an object")
+            delta = choice.get("delta")
+            if delta is not None:
+                if not isinstance(delta, dict):
+                    raise _malformed("delta is not an object")
+                content = delta.get("content")
+                if content is not None and not isinstance(content, str):
+                    raise _malformed("delta.content is not a string")
+                if "tool_calls" in delta:
+                    _check_tool_calls(delta["tool_calls"])
+            reason = choice.get("finish_reason")
+            if reason:
+                if not isinstance(reason, str):
+                    raise _malformed("finish_reason is not a string")
                 self.finished = True
         usage = obj.get("usage")
         if usage:
+            _check_usage(usage)
             return {"choices": choices, "usage": usage}
         # Some servers send chunks with no choices (Azure's prompt_filter_results).
         return {"choices": choices} if choices else None
+
+
+def _malformed(what: str) -> UpstreamError:
+    return UpstreamError(f"upstream sent a malformed chunk: {what}", error_class="protocol_error")
+
+
+def _check_tool_calls(calls: Any) -> None:
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise _malformed("delta.tool_calls is not an array")
+    for call in calls:
+        _check_tool_call(call)
+
+
+def _check_tool_call(call: Any) -> None:
+    if not isinstance(call, dict):
+        raise _malformed("a tool call is not an object")
+    index = call.get("index", 0)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise _malformed("a tool call's index is not an integer")
+    if not isinstance(call.get("id") or "", str):
+        raise _malformed("a tool call's id is not a string")
+    function = call.get("function")
+    if function is None:
+        return
+    if not isinstance(function, dict):
+        raise _malformed("a tool call's function is not an object")
+    for name in ("name", "arguments"):
+        if not isinstance(function.get(name) or "", str):
+            raise _malformed(f"a tool call's function.{name} is not a string")
+
+
+USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _check_usage(usage: Any) -> None:
+    if not isinstance(usage, dict):
+        raise _malformed("usage is not an object")
+    for name in USAGE_COUNTS:
+        value = usage.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise _malformed(f"usage.{name} is not an integer")
+    # Details (prompt_tokens_details: {cached_tokens}, ...) nest one level;
+    # what nests deeper could not be re-encoded for the client or the audit.
+    for detail in usage.values():
+        if isinstance(detail, dict) and any(isinstance(v, dict | list) for v in detail.values()):
+            raise _malformed("usage nests too deep")
+        if isinstance(detail, list):
+            raise _malformed("usage holds an array")
 
 
 def _stream_error(error: Any) -> UpstreamError:
@@ -90,7 +161,9 @@ class OpenAIAdapter(ProviderAdapter):
         decoder = OpenAIStreamDecoder()
         sse = SSEDecoder()
         body = build_body(target, request)
-        async with post_event_stream(client, url, headers=build_headers(target), body=body) as rsp:
+        async with post_event_stream(
+            client, url, headers=build_headers(target), body=body, api_key=target.api_key
+        ) as rsp:
             async for raw in rsp.aiter_raw():
                 for event in sse.feed(raw):
                     chunk = decoder.feed(event.data)

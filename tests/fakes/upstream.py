@@ -26,7 +26,9 @@ from tests.fakes import wire
 from tests.fakes.wire import Script
 
 STATUS_FAULTS = {"http_500": 500, "http_429": 429, "http_400": 400, "http_529": 529}
-STREAM_FAULTS = {"die", "truncate", "stall", "malformed", "error_event"}
+# Error statuses whose body echoes the request headers, as a careless upstream's does.
+ECHO_FAULTS = {"echo_400": 400, "echo_422": 422, "echo_429": 429, "echo_500": 500}
+STREAM_FAULTS = {"die", "truncate", "stall", "malformed", "error_event", "echo_event", "shape"}
 
 
 @dataclass
@@ -68,6 +70,9 @@ def script_from_model_name(model: str) -> Script | None:
         script.fault_after = int(options["fault_after"])
     if "status" in options:
         script.status = int(options["status"])
+    script.status = script.status or ECHO_FAULTS.get(script.fault or "")
+    if "shape" in options:
+        script.shape = options["shape"]
     return script
 
 
@@ -165,6 +170,7 @@ class FakeUpstream:
         tool_name: str | None = None,
         tool_arguments: list[str] | str | None = None,
         finish_reason: str | None = None,
+        shape: str | None = None,
     ) -> None:
         """Script the answer for requests naming ``model``.
 
@@ -177,7 +183,13 @@ class FakeUpstream:
         after them, with no terminator or finish), ``stall`` (go silent after them, the
         connection open), ``malformed`` (send broken JSON after them) or
         ``error_event`` (send an error event after them; ``error_type`` sets
-        its type). ``status`` sends that HTTP error status. A tool call is
+        its type), ``echo_event`` (an error event after them whose message
+        echoes the request headers), ``shape`` (a chunk valid as JSON but of
+        the wrong shape after them; ``shape`` names which, see
+        ``wire.OPENAI_SHAPES`` and ``wire.ANTHROPIC_SHAPES``), or
+        ``echo_400``/``echo_422``/``echo_429``/``echo_500`` (that status, its
+        body echoing the request headers byte for byte). ``status`` sends
+        that HTTP error status. A tool call is
         sent after the text when ``tool_name`` is set, its arguments in the
         given fragments.
         """
@@ -197,12 +209,13 @@ class FakeUpstream:
             ttft=ttft,
             fault=fault,
             fault_after=fault_after,
-            status=status or STATUS_FAULTS.get(fault or ""),
+            status=status or STATUS_FAULTS.get(fault or "") or ECHO_FAULTS.get(fault or ""),
             retry_after=retry_after,
             error_type=error_type,
             tool_name=tool_name,
             tool_arguments=list(tool_arguments or []),
             finish_reason=finish_reason,
+            shape=shape,
         )
 
     def reset(self) -> None:
@@ -287,14 +300,22 @@ class FakeUpstream:
         self, request: web.Request, script: Script, body: Any
     ) -> web.StreamResponse:
         await self._before_answer(request, script)
+        headers = [(str(k), str(v)) for k, v in request.headers.items()]
         if script.status and script.status != 200:
-            return self._error_response(script, wire.openai_error_body(script.status))
+            error = (
+                wire.openai_echo_body(script.status, headers)
+                if script.fault in ECHO_FAULTS
+                else wire.openai_error_body(script.status)
+            )
+            return self._error_response(script, error)
         if not body.get("stream"):
             await asyncio.sleep(script.ttft)
             return web.json_response(wire.openai_completion(script, body), dumps=_dumps)
         faults = {
             "malformed": wire.OPENAI_MALFORMED,
             "error_event": wire.openai_error_frame(script.error_type),
+            "echo_event": wire.openai_echo_frame(headers),
+            "shape": wire.openai_shape_frame(script.shape),
         }
         return await self._stream(request, script, wire.openai_frames(script, body), faults)
 
@@ -302,12 +323,19 @@ class FakeUpstream:
         self, request: web.Request, script: Script, body: Any
     ) -> web.StreamResponse:
         await self._before_answer(request, script)
+        headers = [(str(k), str(v)) for k, v in request.headers.items()]
         if script.status and script.status != 200:
-            error = wire.anthropic_error_body(script.status, script.error_type)
+            error = (
+                wire.anthropic_echo_body(script.status, headers)
+                if script.fault in ECHO_FAULTS
+                else wire.anthropic_error_body(script.status, script.error_type)
+            )
             return self._error_response(script, error)
         faults = {
             "malformed": wire.ANTHROPIC_MALFORMED,
             "error_event": wire.anthropic_error_frame(script.error_type),
+            "echo_event": wire.anthropic_echo_frame(headers),
+            "shape": wire.anthropic_shape_frame(script.shape),
         }
         return await self._stream(request, script, wire.anthropic_frames(script, body), faults)
 

@@ -35,6 +35,7 @@ class Script:
     tool_name: str | None = None
     tool_arguments: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    shape: str | None = None  # which malformed shape the ``shape`` fault sends
 
 
 def split_text(text: str) -> list[str]:
@@ -238,3 +239,102 @@ ANTHROPIC_MALFORMED = b'event: content_block_delta\ndata: {"type": "content_bloc
 
 def anthropic_error_frame(error_type: str | None) -> bytes:
     return _event("error", anthropic_error_body(529, error_type or "overloaded_error"))
+
+
+# --- Careless upstreams ----------------------------------------------------------------
+
+
+def echo_text(headers: list[tuple[str, str]]) -> str:
+    """The request headers as a careless upstream prints them, byte for byte."""
+    return "request headers were:\n" + "".join(f"{k}: {v}\n" for k, v in headers)
+
+
+def openai_echo_body(status: int, headers: list[tuple[str, str]]) -> dict[str, Any]:
+    body = openai_error_body(status)
+    body["error"]["message"] += " " + echo_text(headers)
+    body["error"]["headers"] = dict(headers)
+    return body
+
+
+def anthropic_echo_body(status: int, headers: list[tuple[str, str]]) -> dict[str, Any]:
+    body = anthropic_error_body(status)
+    body["error"]["message"] += " " + echo_text(headers)
+    body["error"]["headers"] = dict(headers)
+    return body
+
+
+def openai_echo_frame(headers: list[tuple[str, str]]) -> bytes:
+    return b"data: " + _dumps(openai_echo_body(500, headers)) + b"\n\n"
+
+
+def anthropic_echo_frame(headers: list[tuple[str, str]]) -> bytes:
+    return _event("error", anthropic_echo_body(529, headers))
+
+
+# Chunks valid as JSON whose shape is wrong, by name (the ``shape`` fault).
+OPENAI_SHAPES: dict[str, Any] = {
+    "choices_not_array": {"choices": "abc"},
+    "choice_not_object": {"choices": [1]},
+    "delta_not_object": {"choices": [{"index": 0, "delta": "x"}]},
+    "content_not_string": {"choices": [{"index": 0, "delta": {"content": {"t": 1}}}]},
+    "finish_reason_not_string": {"choices": [{"index": 0, "delta": {}, "finish_reason": 5}]},
+    "tool_calls_not_array": {"choices": [{"index": 0, "delta": {"tool_calls": "f"}}]},
+    "tool_call_not_object": {"choices": [{"index": 0, "delta": {"tool_calls": [1]}}]},
+    "tool_call_index_not_int": {
+        "choices": [{"index": 0, "delta": {"tool_calls": [{"index": "a", "id": "c"}]}}]
+    },
+    "tool_call_function_not_object": {
+        "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": "f"}]}}]
+    },
+    "tool_call_arguments_not_string": {
+        "choices": [
+            {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": 1}}]}}
+        ]
+    },
+    "usage_not_object": {"choices": [], "usage": "lots"},
+    "usage_count_not_int": {"choices": [], "usage": {"completion_tokens": "many"}},
+    "usage_too_deep": {"choices": [], "usage": {"details": {"a": [[[[[[[[[[[[[[1]]]]]]]]]]]]]]}}},
+}
+
+ANTHROPIC_SHAPES: dict[str, Any] = {
+    "message_not_object": {"type": "message_start", "message": "m"},
+    "usage_not_object": {"type": "message_start", "message": {"usage": "u"}},
+    "block_not_object": {"type": "content_block_start", "index": 0, "content_block": "b"},
+    "block_text_not_string": {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ["t"]},
+    },
+    "tool_name_not_string": {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "tool_use", "id": "t", "name": 5},
+    },
+    "index_not_int": {
+        "type": "content_block_start",
+        "index": [0],
+        "content_block": {"type": "tool_use", "id": "t", "name": "f"},
+    },
+    "delta_not_object": {"type": "content_block_delta", "index": 0, "delta": "d"},
+    "text_not_string": {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": 5},
+    },
+    "stop_delta_not_object": {"type": "message_delta", "delta": "d"},
+    "stop_reason_not_string": {"type": "message_delta", "delta": {"stop_reason": ["x"]}},
+    "output_tokens_not_int": {
+        "type": "message_delta",
+        "delta": {},
+        "usage": {"output_tokens": "x"},
+    },
+}
+
+
+def openai_shape_frame(shape: str | None) -> bytes:
+    return b"data: " + _dumps(OPENAI_SHAPES[shape or "choices_not_array"]) + b"\n\n"
+
+
+def anthropic_shape_frame(shape: str | None) -> bytes:
+    data = ANTHROPIC_SHAPES[shape or "message_not_object"]
+    return _event(str(data["type"]), data)
