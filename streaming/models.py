@@ -59,6 +59,11 @@ class RetryOn(models.TextChoices):
     RATE_LIMITED = "rate_limited", "Rate limited (HTTP 429)"
     SERVER_ERROR = "server_error", "Server errors (5xx, error events, broken or malformed streams)"
     CONTENT_FILTER = "content_filter", "Content-filter refusals (before any output)"
+    AUTH_ERROR = "auth_error", "Upstream refused the gateway's key (HTTP 401/403)"
+    CONTEXT_LENGTH = (
+        "context_length",
+        "Context length exceeded (HTTP 400): on to the next target (a bigger context)",
+    )
 
 
 def validate_retry_on(value: object) -> None:

@@ -51,6 +51,8 @@ FAILURE_KINDS = {
     "protocol_error": "server_error",
     "provider_error": "server_error",
     "content_filter": "content_filter",
+    "auth_error": "auth_error",
+    "context_length": "context_length",
 }
 
 

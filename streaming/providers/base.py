@@ -9,6 +9,7 @@ the router can decide whether to retry or fall back.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -61,6 +62,7 @@ TARGET_FAILURES = frozenset(
         "server_error",
         "protocol_error",
         "provider_error",
+        "auth_error",
     }
 )
 
@@ -69,7 +71,8 @@ class UpstreamError(Exception):
     """An upstream failed. ``error_class`` is a short, bounded label.
 
     Labels: connect_error, timeout, first_token_timeout, stall, rate_limited,
-    server_error, client_error, protocol_error, provider_error, content_filter;
+    server_error, client_error, protocol_error, provider_error, content_filter,
+    auth_error (the upstream refused our key), context_length (the prompt does not fit);
     the router adds no_target and circuit_open.
     """
 
@@ -143,8 +146,15 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def error_for_status(status: int, headers: Mapping[str, str], body: Any) -> UpstreamError:
-    """The UpstreamError for a non-200 upstream response."""
-    message = f"upstream returned HTTP {status}"
+    """The UpstreamError for a non-200 upstream response, with the provider's own words.
+
+    Its message (scrubbed of secrets on the way out of the adapter) is what ops
+    need to see: "Incorrect API key provided" is not "HTTP 401".
+    """
+    said = _error_message(body)
+    message = (
+        f"upstream returned HTTP {status}: {said}" if said else f"upstream returned HTTP {status}"
+    )
     if status == 429:
         return UpstreamError(
             message,
@@ -155,9 +165,38 @@ def error_for_status(status: int, headers: Mapping[str, str], body: Any) -> Upst
         )
     if status >= 500:
         return UpstreamError(message, error_class="server_error", status=status, body=body)
+    if status in (401, 403):
+        # The upstream refused Sluice's own credentials: the target is misconfigured.
+        return UpstreamError(message, error_class="auth_error", status=status, body=body)
     if _error_code(body) in CONTENT_FILTER_CODES:
         return UpstreamError(message, error_class="content_filter", status=status, body=body)
+    if status == 400 and _is_context_length(body, said):
+        return UpstreamError(message, error_class="context_length", status=status, body=body)
     return UpstreamError(message, error_class="client_error", status=status, body=body)
+
+
+# How providers say a prompt does not fit: OpenAI's code, else the wording of
+# OpenAI-compatible servers (vLLM, llama.cpp...) and Anthropic.
+CONTEXT_LENGTH_CODES = {"context_length_exceeded", "string_above_max_length"}
+CONTEXT_LENGTH_WORDS = re.compile(
+    r"maximum context length|context length|context window|prompt is too long"
+    r"|too many tokens|exceeds? the (?:model'?s? )?(?:maximum|max) (?:input )?(?:tokens|length)",
+    re.IGNORECASE,
+)
+MESSAGE_CHARS = 300
+
+
+def _is_context_length(body: Any, said: str) -> bool:
+    return _error_code(body) in CONTEXT_LENGTH_CODES or bool(CONTEXT_LENGTH_WORDS.search(said))
+
+
+def _error_message(body: Any) -> str:
+    """The provider's message in an error body (OpenAI's and Anthropic's shape, or text)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    said = error.get("message") if isinstance(error, dict) else error
+    if said is None and isinstance(body, str):
+        said = body
+    return " ".join(said.split())[:MESSAGE_CHARS] if isinstance(said, str) else ""
 
 
 # What Azure OpenAI and OpenAI call a prompt their content filter refused.

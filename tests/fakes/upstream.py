@@ -25,7 +25,15 @@ from aiohttp import web
 from tests.fakes import wire
 from tests.fakes.wire import Script
 
-STATUS_FAULTS = {"http_500": 500, "http_429": 429, "http_400": 400, "http_529": 529}
+STATUS_FAULTS = {
+    "http_500": 500,
+    "http_429": 429,
+    "http_400": 400,
+    "http_401": 401,
+    "http_403": 403,
+    "http_529": 529,
+    "context_length": 400,
+}
 # Error statuses whose body echoes the request headers, as a careless upstream's does.
 ECHO_FAULTS = {"echo_400": 400, "echo_422": 422, "echo_429": 429, "echo_500": 500}
 STREAM_FAULTS = {"die", "truncate", "stall", "malformed", "error_event", "echo_event", "shape"}
@@ -305,7 +313,7 @@ class FakeUpstream:
             error = (
                 wire.openai_echo_body(script.status, headers)
                 if script.fault in ECHO_FAULTS
-                else wire.openai_error_body(script.status)
+                else wire.openai_error_body(script.status, fault=script.fault)
             )
             return self._error_response(script, error)
         if not body.get("stream"):
@@ -328,7 +336,7 @@ class FakeUpstream:
             error = (
                 wire.anthropic_echo_body(script.status, headers)
                 if script.fault in ECHO_FAULTS
-                else wire.anthropic_error_body(script.status, script.error_type)
+                else wire.anthropic_error_body(script.status, script.error_type, script.fault)
             )
             return self._error_response(script, error)
         faults = {

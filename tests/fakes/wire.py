@@ -65,10 +65,38 @@ def _dumps(obj: Any) -> bytes:
 # --- OpenAI ----------------------------------------------------------------------------
 
 
-def openai_error_body(status: int, error_type: str | None = None) -> dict[str, Any]:
+# What each provider says when the prompt does not fit the model (as they send it).
+OPENAI_CONTEXT_LENGTH = {
+    "error": {
+        "message": "This model's maximum context length is 128000 tokens. However, your "
+        "messages resulted in 131072 tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+}
+ANTHROPIC_CONTEXT_LENGTH = {
+    "type": "error",
+    "error": {
+        "type": "invalid_request_error",
+        "message": "prompt is too long: 215000 tokens > 200000 maximum",
+    },
+}
+
+
+def openai_error_body(
+    status: int, error_type: str | None = None, fault: str | None = None
+) -> dict[str, Any]:
+    if fault == "context_length":
+        return OPENAI_CONTEXT_LENGTH
     kinds = {
         400: ("invalid_request_error", "Invalid value for 'messages'.", None),
         401: ("invalid_request_error", "Incorrect API key provided.", "invalid_api_key"),
+        403: (
+            "invalid_request_error",
+            "Project does not have access to model.",
+            "model_not_found",
+        ),
         429: ("requests", "Rate limit reached for requests.", "rate_limit_exceeded"),
     }
     default = ("server_error", "The server had an error while processing your request.", None)
@@ -166,10 +194,15 @@ def openai_error_frame(error_type: str | None) -> bytes:
 # --- Anthropic -------------------------------------------------------------------------
 
 
-def anthropic_error_body(status: int, error_type: str | None = None) -> dict[str, Any]:
+def anthropic_error_body(
+    status: int, error_type: str | None = None, fault: str | None = None
+) -> dict[str, Any]:
+    if fault == "context_length":
+        return ANTHROPIC_CONTEXT_LENGTH
     kinds = {
         400: "invalid_request_error",
         401: "authentication_error",
+        403: "permission_error",
         429: "rate_limit_error",
         529: "overloaded_error",
     }

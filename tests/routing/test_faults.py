@@ -445,3 +445,65 @@ def test_a_continuation_switches_the_chunks_model_and_usage_covers_both_attempts
     generated = [a.tokens for a in record.attempts.all()]
     assert chunks[-1]["usage"]["completion_tokens"] == sum(generated)
     assert record.usage["completion_tokens"] == sum(generated)
+
+
+# -- what an upstream said, and the failures a route may choose ---------------------
+@pytest.mark.parametrize(("kind", "said"), [("openai", "Incorrect API key provided.")])
+def test_a_refused_key_says_why_and_is_a_failure_kind_of_its_own(
+    sdk, alice, upstream, make_route, kind, said
+):
+    refusing = scripted(upstream, fault="http_401")
+    model = make_route((kind, upstream.base_url, refusing), **TIMEOUTS)
+
+    got = via_sdk(sdk, alice, model)
+
+    assert got.status == 502  # the client's own token is fine: not a 401 for it
+    assert got.error.body["code"] == "auth_error" and said in got.error.body["message"]
+    record = wait_for_audit(got.stream_id)
+    assert record.error_class == "auth_error" and said in record.error_message
+    assert said in record.attempts.get().error_message
+
+
+def test_a_route_may_fall_back_when_the_upstream_refuses_its_key(sdk, alice, upstream, make_route):
+    refusing = scripted(upstream, fault="http_403")
+    backup = scripted(upstream, tokens=HEALTHY)
+    model = make_route(
+        ("openai", upstream.base_url, refusing),
+        ("openai", upstream.base_url, backup),
+        retry_on=["auth_error"],
+        **TIMEOUTS,
+    )
+
+    assert via_sdk(sdk, alice, model).text == "Hello from the backup."
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_context_length_exceeded_goes_to_the_next_target_when_the_route_says_so(
+    sdk, alice, upstream, make_route, kind
+):
+    small = scripted(upstream, fault="context_length")
+    big = scripted(upstream, tokens=HEALTHY)
+    model = make_route(
+        (kind, upstream.base_url, small),
+        (kind, upstream.base_url, big),
+        retry_on=["context_length", "server_error"],
+        attempts_per_target=2,
+        **TIMEOUTS,
+    )
+
+    got = via_sdk(sdk, alice, model)
+
+    assert got.text == "Hello from the backup."
+    assert len(upstream.requests_for(small)) == 1  # never retried: it would not fit again
+    assert attempts(wait_for_audit(got.stream_id))[0] == ("failed", "context_length", False)
+
+
+def test_context_length_exceeded_is_the_clients_400_by_default(sdk, alice, upstream, make_route):
+    small = scripted(upstream, fault="context_length")
+    big = scripted(upstream, tokens=HEALTHY)
+    model = make_route(("openai", upstream.base_url, small), ("openai", upstream.base_url, big))
+
+    got = via_sdk(sdk, alice, model)
+
+    assert got.status == 400 and got.error.body["code"] == "context_length_exceeded"
+    assert upstream.requests_for(big) == []
