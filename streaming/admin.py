@@ -14,8 +14,11 @@ import redis
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html_join
 
 from streaming.breaker import CLOSED, CircuitView, circuit_views, reset_circuits
@@ -27,7 +30,7 @@ from streaming.models import (
     default_retry_on,
     default_retry_same_target_on,
 )
-from streaming.providers import UpstreamError, UpstreamTarget
+from streaming.providers import UpstreamError, UpstreamTarget, adapter_for
 from streaming.router import probe_target
 
 admin.site.site_header = "Sluice administration"
@@ -135,18 +138,38 @@ class ProviderAdmin(admin.ModelAdmin):
         rows = ((m, describe_circuit(v)) for m, v in zip(models, views, strict=True))
         return format_html_join("", "<div><strong>{}</strong>: {}</div>", rows)
 
+    change_form_template = "admin/streaming/provider/change_form.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        test = self.admin_site.admin_view(self.test_connection_view)
+        name = f"{self.opts.app_label}_{self.opts.model_name}_test_connection"
+        return [path("<int:pk>/test-connection/", test, name=name), *super().get_urls()]
+
+    def test_connection_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The provider page's "Test connection" button: probe, then back to the page."""
+        provider = self.get_object(request, str(pk))
+        if request.method != "POST" or provider is None:
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_view_or_change_permission(request, provider):
+            raise PermissionDenied
+        self._test(request, provider)
+        return redirect(reverse("admin:streaming_provider_change", args=[pk]))
+
     @admin.action(description="Test connection (a 1-token request per upstream model)")
     def test_connection(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
         for provider in queryset:
-            targets = _provider_targets(provider)[:3]
-            if not targets:
-                self.message_user(
-                    request,
-                    f"Cannot test {provider.name}: no route uses it yet (the test needs a model).",
-                    messages.WARNING,
-                )
-            for target in targets:
-                self._probe(request, provider, target)
+            self._test(request, provider)
+
+    def _test(self, request: HttpRequest, provider: Provider) -> None:
+        targets = _provider_targets(provider)[:3]
+        if not targets:
+            self.message_user(
+                request,
+                f"Cannot test {provider.name}: no route uses it yet (the test needs a model).",
+                messages.WARNING,
+            )
+        for target in targets:
+            self._probe(request, provider, target)
 
     def _probe(self, request: HttpRequest, provider: Provider, target: RouteTarget) -> None:
         upstream = UpstreamTarget(
@@ -157,7 +180,8 @@ class ProviderAdmin(admin.ModelAdmin):
             api_key=provider.resolve_api_key(),
             params=dict(target.params or {}),
         )
-        where = f"Test connection to {provider.name} / {target.upstream_model}"
+        url = adapter_for(provider.kind).url(upstream) or "built in"
+        where = f"Test connection to {provider.name} / {target.upstream_model} ({url})"
         try:
             latency = async_to_sync(probe_target)(upstream)
         except UpstreamError as error:

@@ -320,11 +320,12 @@ class AnthropicAdapter(ProviderAdapter):
     """Streams from ``{base_url}/messages`` (base_url like https://api.anthropic.com/v1)."""
 
     kind = "anthropic"
+    path = "/messages"
 
     async def stream(
         self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
-        url = f"{target.base_url.rstrip('/')}/messages"
+        url = self.url(target)
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         if target.api_key:
             headers["x-api-key"] = target.api_key

@@ -118,6 +118,11 @@ class ProviderAdapter(ABC):
     """
 
     kind: ClassVar[str]
+    path: ClassVar[str] = ""  # appended to the provider's base URL
+
+    def url(self, target: UpstreamTarget) -> str:
+        """Where this adapter sends ``target``'s requests (shown by "test connection")."""
+        return f"{target.base_url.rstrip('/')}{self.path}"
 
     @abstractmethod
     def stream(

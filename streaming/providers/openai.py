@@ -153,11 +153,12 @@ class OpenAIAdapter(ProviderAdapter):
     """Streams from ``{base_url}/chat/completions``; chunks pass through nearly as is."""
 
     kind = "openai"
+    path = "/chat/completions"
 
     async def stream(
         self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
-        url = f"{target.base_url.rstrip('/')}/chat/completions"
+        url = self.url(target)
         decoder = OpenAIStreamDecoder()
         sse = SSEDecoder()
         body = build_body(target, request)

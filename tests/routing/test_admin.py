@@ -120,8 +120,11 @@ def test_test_connection_action_reports_latency_or_the_error(ops, upstream, make
     )
 
     text = html.unescape(" ".join(ops.messages(response)))
-    assert f"{good}: OK, first token in" in text
-    assert f"{bad}: server_error: upstream returned HTTP 500" in text
+    assert f"{good} ({upstream.base_url}/chat/completions): OK, first token in" in text
+    assert (
+        f"{bad} ({upstream.base_url}/chat/completions): server_error: upstream returned HTTP 500"
+        in text
+    )
     assert upstream.requests_for(good)[0].body["max_tokens"] == 1
     assert upstream.wait_open_requests(0)
     for provider in Provider.objects.filter(pk__in=ids):
@@ -162,3 +165,24 @@ def test_a_new_route_in_the_admin_starts_with_the_default_retry_policy(ops):
         re.findall(r'<input type="checkbox" name="retry_on" value="(\w+)"[^>]*checked', page)
     )
     assert checked == set(default_retry_on())
+
+
+def test_test_connection_on_the_providers_page_shows_the_url_and_the_providers_words(
+    ops, upstream, make_route
+):
+    from streaming.models import RouteTarget
+
+    refusing = unique("refusing")
+    upstream.script(refusing, fault="http_401")
+    model = make_route(("openai", upstream.base_url, refusing))
+    provider_id = RouteTarget.objects.get(route__model=model).provider_id
+    page_url = f"/admin/streaming/provider/{provider_id}/change/"
+    page = ops.get(page_url).text
+    assert 'id="test-connection"' in page
+
+    response = ops.post(f"/admin/streaming/provider/{provider_id}/test-connection/", {})
+
+    assert str(response.url).endswith(page_url)  # back on the provider's page
+    text = html.unescape(" ".join(ops.messages(response)))
+    assert f"({upstream.base_url}/chat/completions)" in text  # the URL tried
+    assert "auth_error: upstream returned HTTP 401: Incorrect API key provided." in text
