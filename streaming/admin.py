@@ -16,11 +16,12 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, QueryDict
 from django.shortcuts import redirect
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html_join
 
+from streaming import crypto
 from streaming.breaker import CLOSED, CircuitView, circuit_views, reset_circuits
 from streaming.models import (
     ModelRoute,
@@ -38,6 +39,9 @@ admin.site.site_title = "Sluice"
 admin.site.index_title = "Providers, routes, apps and the audit trail"
 
 
+KEPT_KEY_SECONDS = 3600  # how long a kept key survives an unfinished form
+
+
 class ProviderForm(forms.ModelForm):
     base_url = forms.URLField(
         required=False, assume_scheme="https", help_text="e.g. https://api.openai.com/v1"
@@ -49,6 +53,9 @@ class ProviderForm(forms.ModelForm):
         help_text="Write-only: leave blank to keep the stored key. Stored encrypted.",
     )
     clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored key.")
+    # A key typed into a form that then failed validation, encrypted: the password
+    # field is never filled back in, and a corrected save must not lose the key.
+    api_key_kept = forms.CharField(required=False, widget=forms.HiddenInput)
 
     class Meta:
         model = Provider
@@ -56,6 +63,19 @@ class ProviderForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        kept = crypto.decrypt_recent(data.get("api_key_kept") or "", max_age=KEPT_KEY_SECONDS)
+        key = data.get("api_key") or kept
+        if key:
+            data["api_key"] = key
+            data_copy = QueryDict(mutable=True)
+            data_copy.update(self.data)
+            data_copy[self.add_prefix("api_key_kept")] = crypto.encrypt(key)
+            self.data = data_copy
+            # The bound field copied its help text when validation read it.
+            self["api_key"].help_text = (
+                "A key was entered: it is kept (encrypted) and saved with this form. "
+                "Type another one to replace it."
+            )
         kind = data.get("kind")
         if kind in (Provider.Kind.OPENAI, Provider.Kind.ANTHROPIC) and not data.get("base_url"):
             self.add_error("base_url", "This kind of provider needs a base URL.")

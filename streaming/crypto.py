@@ -25,6 +25,14 @@ def encrypt(plaintext: str) -> str:
     return _fernet().encrypt(plaintext.encode()).decode() if plaintext else ""
 
 
+def decrypt_recent(ciphertext: str, *, max_age: int) -> str:
+    """What ``encrypt`` made at most ``max_age`` seconds ago; "" for anything else."""
+    try:
+        return _fernet().decrypt(ciphertext.encode(), ttl=max_age).decode()
+    except (InvalidToken, ValueError):
+        return ""
+
+
 def decrypt(ciphertext: str) -> str:
     if not ciphertext:
         return ""

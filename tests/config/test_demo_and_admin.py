@@ -127,3 +127,41 @@ def test_a_command_run_after_make_run_without_dev_mode_is_told_what_works(tmp_pa
         text=True,
     )
     assert dev.returncode == 0, dev.stderr
+
+
+@pytest.mark.django_db
+def test_a_key_typed_into_a_form_with_an_error_is_kept_for_the_corrected_save(admin_client):
+    import re
+
+    form = {"name": "openai-main", "kind": "openai", "api_key": "sk-live-typed-once"}
+    first = admin_client.post("/admin/streaming/provider/add/", {**form, "base_url": ""})
+    page = first.content.decode()
+    assert first.status_code == 200 and "needs a base URL" in page
+    assert "sk-live-typed-once" not in page  # never shown back, not even to its typist
+    assert "A key was entered" in page
+
+    kept = re.search(r'name="api_key_kept" value="([^"]+)"', page)
+    assert kept is not None
+    fixed = {**form, "api_key": "", "api_key_kept": kept.group(1)}
+    second = admin_client.post(
+        "/admin/streaming/provider/add/", {**fixed, "base_url": "https://api.openai.com/v1"}
+    )
+
+    assert second.status_code == 302, second.content.decode()[:2000]
+    provider = Provider.objects.get(name="openai-main")
+    assert provider.resolve_api_key() == "sk-live-typed-once"
+
+
+@pytest.mark.django_db
+def test_a_forged_kept_key_is_ignored(admin_client):
+    response = admin_client.post(
+        "/admin/streaming/provider/add/",
+        {
+            "name": "openai-main",
+            "kind": "openai",
+            "base_url": "https://api.openai.com/v1",
+            "api_key_kept": "not-a-token",
+        },
+    )
+    assert response.status_code == 302
+    assert Provider.objects.get(name="openai-main").resolve_api_key() == ""
