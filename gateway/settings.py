@@ -15,7 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from gateway.devsecrets import load_dev_secrets
-from gateway.env import envbool, envfloat, envint, envlist, envsecret, envstr
+from gateway.env import envbool, envfloat, envint, envlist, envnetworks, envsecret, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("SLUICE_VAR_DIR", str(BASE_DIR / "var")))
@@ -173,6 +173,11 @@ SLUICE: dict[str, Any] = {
     # Served gateway: objects allocated (net) between two young garbage collections.
     "GC_YOUNG_THRESHOLD": envint("SLUICE_GC_YOUNG_THRESHOLD", 10_000, minimum=1),
 }
+
+# --- The network edge -------------------------------------------------------
+# Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (CIDRs). None
+# by default: the TCP peer is the client for the audit, /metrics and throttles.
+SLUICE_TRUSTED_PROXIES: list[str] = envnetworks("SLUICE_TRUSTED_PROXIES")
 
 # SLUICE_LOG_FORMAT=json: one JSON object a line; request/stream ids on each.
 LOG_FORMAT = envstr("SLUICE_LOG_FORMAT", "text")

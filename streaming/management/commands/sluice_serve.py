@@ -41,4 +41,8 @@ class Command(BaseCommand):
             ssl_certfile=cert or None,
             ssl_keyfile=key or None,
             timeout_graceful_shutdown=10,
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise:
+            # any local client could then pick its own address.
+            proxy_headers=bool(settings.SLUICE_TRUSTED_PROXIES),
+            forwarded_allow_ips=",".join(settings.SLUICE_TRUSTED_PROXIES) or "",
         )
