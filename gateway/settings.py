@@ -178,6 +178,18 @@ SLUICE: dict[str, Any] = {
 # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (CIDRs). None
 # by default: the TCP peer is the client for the audit, /metrics and throttles.
 SLUICE_TRUSTED_PROXIES: list[str] = envnetworks("SLUICE_TRUSTED_PROXIES")
+# A connection must complete a request's headers this soon after it opens (or,
+# kept alive, after the request's first byte); a silent connection is closed too.
+SLUICE_HEADER_TIMEOUT_SECONDS = envfloat("SLUICE_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.05)
+# A request body must have arrived this soon after its headers (else 408).
+SLUICE_BODY_TIMEOUT_SECONDS = envfloat("SLUICE_BODY_TIMEOUT_SECONDS", 30.0, minimum=0.05)
+# An idle kept-alive HTTP connection is closed after this long.
+SLUICE_KEEPALIVE_SECONDS = envint("SLUICE_KEEPALIVE_SECONDS", 5, minimum=1)
+# A WebSocket that sent no message and follows no stream this long is closed (4408).
+SLUICE_WS_IDLE_SECONDS = envfloat("SLUICE_WS_IDLE_SECONDS", 120.0, minimum=0.05)
+# Open connections (HTTP and WebSocket) per client address; 0: no cap. Peers in
+# SLUICE_TRUSTED_PROXIES are not capped.
+SLUICE_MAX_CONNECTIONS_PER_CLIENT = envint("SLUICE_MAX_CONNECTIONS_PER_CLIENT", 256, minimum=0)
 
 # SLUICE_LOG_FORMAT=json: one JSON object a line; request/stream ids on each.
 LOG_FORMAT = envstr("SLUICE_LOG_FORMAT", "text")
