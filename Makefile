@@ -4,18 +4,26 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+LOCK   := requirements.lock
+STAMP  := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run serve test check lint pytest bench browser clean
+.PHONY: install lock run serve test check lint pytest bench browser clean
 
-$(STAMP): pyproject.toml
+# Every dependency (dev tools included) from the lock, each file checked against
+# its hash; then Sluice itself, built with the locked setuptools.
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 install: $(STAMP)
+
+# Re-resolve pyproject.toml into the lock (pins kept; LOCK_FLAGS=--upgrade moves them).
+lock: install
+	$(BIN)/pip-compile --quiet --generate-hashes --extra dev --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) --output-file $(LOCK) pyproject.toml
 
 # The embedded default: SQLite, in-process stream log, the demo provider.
 run: export SLUICE_DEV ?= 1

@@ -6,9 +6,13 @@ Enable with ``OAUTH2_PROVIDER["OAUTH2_VALIDATOR_CLASS"] =
 
 from __future__ import annotations
 
+import secrets
+from functools import cache
 from typing import Any
 
+from django.contrib.auth.hashers import check_password, make_password
 from oauth2_provider.oauth2_validators import OAuth2Validator
+from oauth2_provider.settings import oauth2_settings
 
 from accounts.models import AppPolicy
 
@@ -18,13 +22,22 @@ def _policy(client: Any) -> AppPolicy:
     return policy if policy is not None else AppPolicy.default_for(client)
 
 
+@cache
+def _dummy_secret_hash() -> str:
+    return make_password(secrets.token_urlsafe(32), hasher=oauth2_settings.CLIENT_SECRET_HASHER)
+
+
 class SluiceOAuth2Validator(OAuth2Validator):
     """DOT's validator, narrowed by the per-app policy."""
 
     def authenticate_client(self, request: Any, *args: Any, **kwargs: Any) -> bool:
-        # A disabled app is refused as invalid_client, before any scope is looked at.
         if not super().authenticate_client(request, *args, **kwargs):
+            if request.client is None:
+                # An unknown client id costs what a wrong secret costs: the
+                # answer's timing must not tell which ids exist.
+                check_password(secrets.token_urlsafe(16), _dummy_secret_hash())
             return False
+        # A disabled app is refused as invalid_client, before any scope is looked at.
         return _policy(request.client).enabled
 
     def validate_scopes(

@@ -172,6 +172,7 @@ class Workspace:
             DATABASE_URL=f"sqlite:///{self.root / 'bench.sqlite3'}",
             SLUICE_VAR_DIR=str(self.root),
             SLUICE_UPSTREAM_MAX_CONNECTIONS="4000",
+            SLUICE_MAX_CONNECTIONS_PER_CLIENT="0",  # every load client is on loopback
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra)

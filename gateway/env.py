@@ -6,6 +6,7 @@ in a deployment fails at start-up instead of at the first request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -58,6 +59,17 @@ def envfloat(name: str, default: float, *, minimum: float | None = None) -> floa
 
 def envlist(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def envnetworks(name: str, default: str = "") -> list[str]:
+    """Comma-separated CIDRs (or single addresses), each checked, in canonical form."""
+    networks = []
+    for item in envlist(name, default):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an IP network") from None
+    return networks
 
 
 def envsecret(name: str, *, dev_default: str | None) -> str:

@@ -15,7 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from gateway.devsecrets import load_dev_secrets
-from gateway.env import envbool, envfloat, envint, envlist, envsecret, envstr
+from gateway.env import envbool, envfloat, envint, envlist, envnetworks, envsecret, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("SLUICE_VAR_DIR", str(BASE_DIR / "var")))
@@ -106,6 +106,30 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Django's hashers for people's passwords; the last one is for generated client
+# secrets (OAUTH2_PROVIDER["CLIENT_SECRET_HASHER"]).
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+    "accounts.hashers.ClientSecretHasher",
+]
+
+# Failure counts for the token endpoint and the admin sign-in (accounts.throttle):
+# in Redis when it is there, so every instance counts together.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache"
+        if REDIS_URL
+        else "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": REDIS_URL or "sluice-throttle",
+        "KEY_PREFIX": envstr("SLUICE_THROTTLE_PREFIX", "sluice:throttle"),
+    },
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -124,6 +148,8 @@ OAUTH2_PROVIDER = {
     "DEFAULT_SCOPES": ["chat"],
     "ACCESS_TOKEN_EXPIRE_SECONDS": envint("SLUICE_TOKEN_EXPIRE_SECONDS", 3600, minimum=60),
     "PKCE_REQUIRED": True,
+    # Client secrets are long random strings: a fast salted hash is sound (accounts.hashers).
+    "CLIENT_SECRET_HASHER": "sluice_client_secret",
     # Grants only the scopes an app's policy allows; refuses disabled apps.
     "OAUTH2_VALIDATOR_CLASS": "accounts.oauth_validator.SluiceOAuth2Validator",
 }
@@ -173,6 +199,29 @@ SLUICE: dict[str, Any] = {
     # Served gateway: objects allocated (net) between two young garbage collections.
     "GC_YOUNG_THRESHOLD": envint("SLUICE_GC_YOUNG_THRESHOLD", 10_000, minimum=1),
 }
+
+# --- The network edge -------------------------------------------------------
+# Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (CIDRs). None
+# by default: the TCP peer is the client for the audit, /metrics and throttles.
+SLUICE_TRUSTED_PROXIES: list[str] = envnetworks("SLUICE_TRUSTED_PROXIES")
+# A connection must complete a request's headers this soon after it opens (or,
+# kept alive, after the request's first byte); a silent connection is closed too.
+SLUICE_HEADER_TIMEOUT_SECONDS = envfloat("SLUICE_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.05)
+# A request body must have arrived this soon after its headers (else 408).
+SLUICE_BODY_TIMEOUT_SECONDS = envfloat("SLUICE_BODY_TIMEOUT_SECONDS", 30.0, minimum=0.05)
+# An idle kept-alive HTTP connection is closed after this long.
+SLUICE_KEEPALIVE_SECONDS = envint("SLUICE_KEEPALIVE_SECONDS", 5, minimum=1)
+# A WebSocket that sent no message and follows no stream this long is closed (4408).
+SLUICE_WS_IDLE_SECONDS = envfloat("SLUICE_WS_IDLE_SECONDS", 120.0, minimum=0.05)
+# Open connections (HTTP and WebSocket) per client address; 0: no cap. Peers in
+# SLUICE_TRUSTED_PROXIES are not capped.
+SLUICE_MAX_CONNECTIONS_PER_CLIENT = envint("SLUICE_MAX_CONNECTIONS_PER_CLIENT", 256, minimum=0)
+
+# Failed token requests / admin sign-ins allowed per window, per client id or
+# username and per client address; over either, 429 until the window ends. 0: off.
+SLUICE_THROTTLE_CLIENT_FAILURES = envint("SLUICE_THROTTLE_CLIENT_FAILURES", 10, minimum=0)
+SLUICE_THROTTLE_ADDRESS_FAILURES = envint("SLUICE_THROTTLE_ADDRESS_FAILURES", 50, minimum=0)
+SLUICE_THROTTLE_WINDOW_SECONDS = envint("SLUICE_THROTTLE_WINDOW_SECONDS", 300, minimum=1)
 
 # SLUICE_LOG_FORMAT=json: one JSON object a line; request/stream ids on each.
 LOG_FORMAT = envstr("SLUICE_LOG_FORMAT", "text")

@@ -9,6 +9,7 @@ from django.contrib.staticfiles import finders
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import include, path, re_path
 
+from accounts.views import admin_login, token
 from streaming.health import healthz, readyz
 from streaming.metrics_export import metrics_view
 from streaming.pages import eventsource_page, favicon, landing_page
@@ -30,6 +31,9 @@ urlpatterns = [
     path("", landing_page, name="landing"),
     path("favicon.ico", favicon),
     path("admin/sluice/", include("streaming.urls")),
+    # Throttled wrappers first: they shadow the same paths in the includes below.
+    path("admin/login/", admin_login, name="sluice_admin_login"),
+    path("o/token/", token, name="sluice_token"),
     path("admin/", admin.site.urls),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("healthz", healthz),

@@ -59,7 +59,8 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "base_url", "api_key_env", "enabled"]
+        fields = ["name", "kind", "base_url", "internal_endpoint", "api_key_env", "enabled"]
+        # The rules on base_url are Provider.clean's, shared with the config import.
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -76,9 +77,6 @@ class ProviderForm(forms.ModelForm):
                 "A key was entered: it is kept (encrypted) and saved with this form. "
                 "Type another one to replace it."
             )
-        kind = data.get("kind")
-        if kind in (Provider.Kind.OPENAI, Provider.Kind.ANTHROPIC) and not data.get("base_url"):
-            self.add_error("base_url", "This kind of provider needs a base URL.")
         return data
 
     def save(self, commit: bool = True) -> Provider:

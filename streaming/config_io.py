@@ -5,6 +5,7 @@ The file format (YAML or JSON)::
     providers:
       - {name: local-vllm, kind: openai, base_url: "http://127.0.0.1:8001/v1",
          api_key_env: VLLM_KEY}
+      # internal_endpoint: true allows a link-local / cloud-metadata base_url
     routes:
       - model: chat-default
         attempts_per_target: 2          # optional policy fields, e.g.
@@ -26,7 +27,7 @@ from django.db import transaction
 
 from streaming.models import ModelRoute, Provider, RouteTarget
 
-PROVIDER_FIELDS = ("kind", "base_url", "api_key_env", "enabled")
+PROVIDER_FIELDS = ("kind", "base_url", "internal_endpoint", "api_key_env", "enabled")
 POLICY_FIELDS = (
     "description",
     "enabled",

@@ -33,6 +33,7 @@ from streaming.streams import StreamHandle, check_cursor, find_stream, request_c
 logger = logging.getLogger("sluice.ws")
 
 TICKET_SUBPROTOCOL = "sluice.ticket."
+IDLE_CLOSE_CODE = 4408  # like HTTP 408: the socket sent nothing and followed nothing
 
 
 def _reply_to(message: Any) -> dict[str, Any]:
@@ -82,12 +83,35 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.readers = {}
         self.client_ip = (self.scope.get("client") or [None])[0]
         await self.accept(subprotocol=subprotocol)
+        self._idle_watch()
 
     async def disconnect(self, code: int) -> None:
         for task in getattr(self, "readers", {}).values():
             task.cancel()
+        idle = getattr(self, "idle_timer", None)
+        if idle is not None:
+            idle.cancel()
+
+    # -- idle sockets: no message received and no stream followed for WS_IDLE_SECONDS
+    def _idle_watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
+        self.idle_timer = loop.call_later(settings.SLUICE_WS_IDLE_SECONDS, self._idle_check)
+
+    def _idle_check(self) -> None:
+        # One timer per socket, re-armed only when it fires: receiving costs a clock read.
+        loop = asyncio.get_running_loop()
+        limit = settings.SLUICE_WS_IDLE_SECONDS
+        quiet = 0.0 if self.readers else loop.time() - self.last_active
+        if quiet < limit:
+            self.idle_timer = loop.call_later(limit - quiet, self._idle_check)
+            return
+        metrics.CONNECTIONS_TIMED_OUT.labels(phase="ws_idle").inc()
+        reason = f"idle: no message and no stream for {limit:g} s"
+        self.idle_close = loop.create_task(self.close(code=IDLE_CLOSE_CODE, reason=reason))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        self.last_active = asyncio.get_running_loop().time()
         message: Any = None
         try:
             message = orjson.loads(text_data or bytes_data or b"")
@@ -175,6 +199,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
     def _forget(self, stream_id: str, task: asyncio.Task[None]) -> None:
         if self.readers.get(stream_id) is task:
             del self.readers[stream_id]
+            self.last_active = asyncio.get_running_loop().time()  # idle from now
 
     async def _relay(self, handle: StreamHandle, cursor: int, resumed: bool) -> None:
         # A socket that cannot take a batch for READER_STALL_SECONDS is cut; it can resume.

@@ -46,6 +46,16 @@ STREAMS_ACTIVE = Gauge(
     ["transport"],
     multiprocess_mode="livesum",
 )
+CONNECTIONS_REFUSED = Counter(
+    "sluice_connections_refused",
+    "Client connections closed at once (reason=per_client_cap: the address had too many open).",
+    ["reason"],
+)
+CONNECTIONS_TIMED_OUT = Counter(
+    "sluice_connections_timed_out",
+    "Client connections closed for silence (phase: headers, body, ws_idle).",
+    ["phase"],
+)
 STREAMS_STARTED = Counter("sluice_streams_started", "Streams started.", ["route", "transport"])
 STREAM_DURATION = Histogram(
     "sluice_stream_duration_seconds",

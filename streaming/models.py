@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
 from streaming import crypto
+from streaming.upstream_hosts import metadata_host
 
 
 class Provider(models.Model):
@@ -28,6 +30,11 @@ class Provider(models.Model):
         blank=True,
         help_text="Name of an environment variable holding the key (used when no key is stored).",
     )
+    internal_endpoint = models.BooleanField(
+        default=False,
+        help_text="Allow a link-local or cloud-metadata address (169.254.0.0/16, fe80::/10, "
+        "metadata.google.internal, ...): only for an upstream you run there on purpose.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -37,6 +44,20 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """The rules every way in (admin form, config import) checks alike."""
+        needs_url = self.kind in (self.Kind.OPENAI, self.Kind.ANTHROPIC)
+        if needs_url and not self.base_url:
+            raise ValidationError({"base_url": "This kind of provider needs a base URL."})
+        host = urlsplit(self.base_url).hostname if self.base_url else None
+        if host and metadata_host(host) and not self.internal_endpoint:
+            raise ValidationError(
+                {
+                    "base_url": f"{host} is a link-local or cloud-metadata address; mark the "
+                    "provider as an internal endpoint if it really runs there."
+                }
+            )
 
     def set_api_key(self, plaintext: str) -> None:
         self.api_key_encrypted = crypto.encrypt(plaintext)

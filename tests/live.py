@@ -111,6 +111,8 @@ def server_env(**overrides: str) -> dict[str, str]:
         SLUICE_SSE_KEEPALIVE_SECONDS="1",
         SLUICE_UPSTREAM_CONNECT_TIMEOUT="3",
         PYTHONUNBUFFERED="1",
+        # Redis is shared with other test runs: this run's failure counts are its own.
+        SLUICE_THROTTLE_PREFIX=f"sluice-test-{os.getpid()}:throttle",
     )
     env.pop("SLUICE_DEV", None)
     env.update(overrides)

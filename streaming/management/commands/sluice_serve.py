@@ -33,12 +33,17 @@ class Command(BaseCommand):
             port=options["port"],
             workers=options["workers"],
             loop="uvloop",
-            http="httptools",
-            ws="websockets-sansio",
+            http="streaming.connections:GuardedHttpProtocol",
+            ws="streaming.connections:GuardedWebSocketProtocol",
             lifespan="on",
             log_level=options["log_level"],
             access_log=False,
             ssl_certfile=cert or None,
             ssl_keyfile=key or None,
             timeout_graceful_shutdown=10,
+            timeout_keep_alive=settings.SLUICE_KEEPALIVE_SECONDS,
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise:
+            # any local client could then pick its own address.
+            proxy_headers=bool(settings.SLUICE_TRUSTED_PROXIES),
+            forwarded_allow_ips=",".join(settings.SLUICE_TRUSTED_PROXIES) or "",
         )

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('streaming', '0002_route_retry_on_load_balance'),
+        ('streaming', '0003_provider_internal_endpoint'),
     ]
 
     operations = [
