@@ -14,7 +14,8 @@ from typing import Any
 
 from django.conf import settings
 
-from accounts.identity import AppIdentity, AuthError, authenticate
+from accounts.auth import authenticate
+from accounts.identity import AppIdentity, AuthError
 from accounts.tickets import issue_ticket
 from streaming import metrics, wire
 from streaming.asgi_http import ApiRequest, JsonResponse, StreamResponse, endpoint, wait_disconnect

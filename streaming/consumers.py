@@ -19,7 +19,8 @@ import orjson
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from accounts.identity import AppIdentity, AuthError, authenticate
+from accounts.auth import authenticate
+from accounts.identity import AppIdentity, AuthError
 from streaming import metrics, wire
 from streaming.errors import ApiError
 from streaming.log import CursorTrimmed

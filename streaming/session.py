@@ -97,6 +97,8 @@ class StreamSession:
             app_id=identity.app_id,
             app_name=identity.name,
             token_id=identity.token_id,
+            staff_user_id=identity.staff_user_id,
+            staff_username=identity.staff_username,
             client_ip=client_ip,
             request_messages=request.messages,
             request_params={**request.params, "stream": request.stream},
