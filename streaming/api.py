@@ -93,17 +93,26 @@ async def _body(
 
 
 def _stream_response(
-    handle: StreamHandle, request: ApiRequest, cursor: int, *, resumed: bool
+    handle: StreamHandle,
+    request: ApiRequest,
+    cursor: int,
+    *,
+    resumed: bool,
+    identity: AppIdentity,
 ) -> StreamResponse:
     headers = {"X-Sluice-Stream-Id": handle.id}
     if request.accepts("application/x-ndjson"):
         body = _body(handle, cursor, wire.ndjson_batch, resumed=resumed)
         body = metrics.track_body(body, "ndjson", handle, cursor, resumed=resumed)
-        return StreamResponse(body, NDJSON, headers=headers)
+        return StreamResponse(
+            body, NDJSON, headers=headers, identity=identity, farewell=wire.ndjson_farewell
+        )
     if request.accepts("text/plain") and not request.accepts("text/event-stream"):
         body = _body(handle, cursor, wire.text_batch, resumed=resumed)
         body = metrics.track_body(body, "text", handle, cursor, resumed=resumed)
-        return StreamResponse(body, TEXT, headers=headers)
+        return StreamResponse(
+            body, TEXT, headers=headers, identity=identity, farewell=wire.text_farewell
+        )
     preamble = wire.sse_preamble(settings.SLUICE["SSE_RETRY_MS"])
     body = _body(
         handle,
@@ -114,7 +123,7 @@ def _stream_response(
         resumed=resumed,
     )
     body = metrics.track_body(body, "sse", handle, cursor, resumed=resumed)
-    return StreamResponse(body, SSE, headers=headers)
+    return StreamResponse(body, SSE, headers=headers, identity=identity, farewell=wire.sse_farewell)
 
 
 async def _wait_or_cancel(
@@ -151,7 +160,7 @@ async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse
         return await _complete(request, identity, chat)
     protocol = "ndjson" if request.accepts("application/x-ndjson") else "sse"
     session = await _start(request, identity, chat, protocol)
-    response = _stream_response(session, request, 0, resumed=False)
+    response = _stream_response(session, request, 0, resumed=False, identity=identity)
 
     # Hold the headers until the first event, so a failure before any token
     # is an HTTP error status instead of a 200 with an error inside.
@@ -242,7 +251,7 @@ async def read_stream(request: ApiRequest) -> JsonResponse | StreamResponse:
     if not await check_cursor(handle, cursor):
         # Everything was delivered; 204 also tells a browser's EventSource to stop reconnecting.
         return JsonResponse(b"", status=204)
-    return _stream_response(handle, request, cursor, resumed=cursor > 0)
+    return _stream_response(handle, request, cursor, resumed=cursor > 0, identity=identity)
 
 
 async def cancel_stream(request: ApiRequest) -> JsonResponse:
@@ -265,7 +274,7 @@ async def chat_stream_get(request: ApiRequest) -> JsonResponse | StreamResponse:
         )
     chat = ChatRequest(model=model, messages=[{"role": "user", "content": prompt}], stream=True)
     session = await _start(request, identity, chat, "sse")
-    return _stream_response(session, request, 0, resumed=False)
+    return _stream_response(session, request, 0, resumed=False, identity=identity)
 
 
 async def create_ticket(request: ApiRequest) -> JsonResponse:

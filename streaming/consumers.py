@@ -5,6 +5,11 @@ Client -> server: ``chat.create`` (a chat request plus ``request_id``),
 Server -> client: ``stream.created``, ``chunk``, ``stream.done``, ``error``,
 ``pong``. Closing the socket stops the readers, not the streams: they can be
 resumed on a new socket.
+
+The socket lives as long as its identity: when its token is revoked or
+expires, or its app is disabled or deleted, the server closes it with code
+4401 and the reason ("token revoked", "token expired", "app disabled", "app
+deleted"); see accounts.revocation.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import orjson
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from accounts import revocation
 from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
 from streaming import metrics, wire
@@ -47,6 +53,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     identity: AppIdentity
     readers: dict[str, asyncio.Task[None]]
+    watch: revocation.Watch | None = None
+    ended: str = ""  # the revocation that closed the socket
+    closing: asyncio.Future[None] | None = None
 
     async def connect(self) -> None:
         bind(request_id=request_id(self.scope["headers"]))
@@ -71,12 +80,30 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.readers = {}
         self.client_ip = (self.scope.get("client") or [None])[0]
         await self.accept(subprotocol=subprotocol)
+        self.watch = revocation.watch(self.identity, self._revoked)
 
-    async def disconnect(self, code: int) -> None:
+    def _revoked(self, reason: str) -> None:
+        """The identity was revoked or expired: no more streams, and the socket closes."""
+        self.ended = reason
+        self._stop_readers()
+        self.closing = asyncio.ensure_future(self._close_revoked(reason))
+
+    async def _close_revoked(self, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.close(code=revocation.CLOSE_CODE, reason=revocation.describe(reason))
+
+    def _stop_readers(self) -> None:
         for task in getattr(self, "readers", {}).values():
             task.cancel()
 
+    async def disconnect(self, code: int) -> None:
+        if self.watch is not None:
+            self.watch.close()
+        self._stop_readers()
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.ended:
+            return  # closing: what arrives after a revocation is not acted on
         message: Any = None
         try:
             message = orjson.loads(text_data or bytes_data or b"")
@@ -115,6 +142,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
         route = await resolve_route(chat.model)
         if route is None:
             raise ApiError(404, f"the model '{chat.model}' does not exist", code="model_not_found")
+        if self.ended:
+            return  # revoked while the route was looked up
         session = StreamSession(
             identity=self.identity,
             request=chat,
