@@ -60,6 +60,7 @@ class Held:
     close: tuple[int, str] | None = None
     stream_id: str = ""
     thread: threading.Thread | None = None
+    ws: Any = None
 
     def ended(self) -> bool:
         assert self.thread is not None
@@ -95,6 +96,7 @@ def _read_http(held: Held, base: str, headers: dict[str, str], model: str) -> No
 def _read_ws(held: Held, base: str, headers: dict[str, str], model: str) -> None:
     url = base.replace("http", "ws") + "/v1/ws"
     with connect(url, additional_headers=headers, open_timeout=10) as ws:
+        held.ws = ws
         ws.send(json.dumps({"type": "chat.create", "model": model, "messages": HELLO}))
         try:
             while True:
@@ -232,6 +234,8 @@ def test_other_apps_keep_streaming(
     assert alices.ended() and alices.close == (4401, "token revoked")
     assert bobs.thread is not None and bobs.thread.is_alive()
     assert httpx.get(f"{gateway.url}/v1/models", headers=bob.headers).status_code == 200
+    bobs.ws.close()
+    assert bobs.ended() and bobs.close == (1000, "")
 
 
 # -- two instances on Redis ------------------------------------------------------
