@@ -193,13 +193,25 @@ def publish(revocation: Revocation) -> None:
         "reason": revocation.reason,
     }
     try:
-        if _running_loop() is not None:  # on an event loop's thread: cannot block it
-            task = asyncio.ensure_future(layer.group_send(GROUP, message))
-            task.add_done_callback(_log_send_failure)
-        else:
-            async_to_sync(layer.group_send)(GROUP, message)
+        _send(layer, message)
     except Exception as error:
         logger.warning("revocation not sent to other instances: %s", _name(error))
+
+
+def _send(layer: Any, message: dict[str, Any]) -> None:
+    # The layer's connections belong to the loop that made them: a gateway
+    # process sends on its own loop, without waiting (the caller may be a
+    # thread serving the admin); a management command has no loop and waits.
+    loop = _loop if _loop is not None and _loop.is_running() else _running_loop()
+    if loop is None:
+        async_to_sync(layer.group_send)(GROUP, message)
+        return
+    send = layer.group_send(GROUP, message)
+    if _running_loop() is loop:
+        future: Any = loop.create_task(send)
+    else:
+        future = asyncio.run_coroutine_threadsafe(send, loop)
+    future.add_done_callback(_log_send_failure)
 
 
 def _apply_here(revocation: Revocation) -> None:
@@ -220,9 +232,9 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _log_send_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("revocation not sent to other instances: %s", _name(task.exception()))
+def _log_send_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("revocation not sent to other instances: %s", _name(future.exception()))
 
 
 def _name(error: BaseException | None) -> str:

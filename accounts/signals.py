@@ -17,11 +17,19 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_application_model
 
 from accounts.identity import invalidate_app, invalidate_token
 from accounts.models import AppPolicy
-from accounts.revocation import APP_DELETED, APP_DISABLED, TOKEN_REVOKED, Revocation, publish
+from accounts.revocation import (
+    APP_DELETED,
+    APP_DISABLED,
+    TOKEN_EXPIRED,
+    TOKEN_REVOKED,
+    Revocation,
+    publish,
+)
 
 
 def _on_commit(revocation: Revocation, using: str | None) -> None:
@@ -31,7 +39,9 @@ def _on_commit(revocation: Revocation, using: str | None) -> None:
 def _token_saved(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:
     if not created:  # a new token cannot be cached yet
         invalidate_token(instance.pk)
-        _on_commit(Revocation(token_id=instance.pk), kwargs.get("using"))
+        # Expired by hand (the admin): its connections end now, not at the old expiry.
+        reason = TOKEN_EXPIRED if instance.expires <= timezone.now() else None
+        _on_commit(Revocation(token_id=instance.pk, reason=reason), kwargs.get("using"))
 
 
 def _token_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
