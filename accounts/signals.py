@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_application_model
@@ -44,9 +45,17 @@ def _token_saved(sender: Any, instance: Any, created: bool = False, **kwargs: An
         _on_commit(Revocation(token_id=instance.pk, reason=reason), kwargs.get("using"))
 
 
-def _token_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+def _token_deleted(sender: Any, instance: Any, origin: Any = None, **kwargs: Any) -> None:
     invalidate_token(instance.pk)
+    if _is_app(origin):
+        return  # deleted with its app: the app's revocation ends them, saying why
     _on_commit(Revocation(token_id=instance.pk, reason=TOKEN_REVOKED), kwargs.get("using"))
+
+
+def _is_app(origin: Any) -> bool:
+    app_model = get_application_model()
+    model = origin.model if isinstance(origin, QuerySet) else type(origin)
+    return model is app_model
 
 
 def _app_saved(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -182,10 +182,17 @@ def disable_the_app(server: GatewayServer, actor: Any) -> None:
     policy.save()
 
 
+def delete_the_app(server: GatewayServer, actor: Any) -> None:
+    from oauth2_provider.models import Application
+
+    Application.objects.get(pk=actor.app_id).delete()
+
+
 WAYS = [
     pytest.param(revoke_with_cli, "token_revoked", 401, marks=needs_redis, id="sluice_app"),
     pytest.param(revoke_with_oauth, "token_revoked", 401, id="revoke_token"),
     pytest.param(disable_the_app, "app_disabled", 403, marks=needs_redis, id="policy"),
+    pytest.param(delete_the_app, "app_deleted", 401, marks=needs_redis, id="app_deleted"),
 ]
 
 
