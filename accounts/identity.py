@@ -6,11 +6,11 @@ policy) through ``database_sync_to_async``, and the result is cached in
 process. A cache hit is a dict lookup and a clock read: no query.
 
 Staleness: entries live at most ``SLUICE["TOKEN_CACHE_SECONDS"]`` and never past
-the token's own expiry. On this process, deleting/revoking a token or saving
-an Application or AppPolicy clears the affected entries at once (see
-accounts/signals.py). Other gateway processes learn of it only when their
-entry ages out, so the short TTL bounds cross-instance staleness until
-invalidation is broadcast over Redis.
+the token's own expiry. Deleting/revoking a token or saving an Application or
+AppPolicy clears the affected entries at once on this process, and again on
+every gateway process once the change commits (accounts.signals publishes it
+through accounts.revocation over the channel layer). The TTL only bounds
+staleness when that message is lost (the channel layer was down).
 
 Invalid tokens are not cached: a negative cache would let a flood of random
 tokens evict the valid ones, and would reject a token used a moment before

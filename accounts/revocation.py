@@ -244,15 +244,17 @@ def _name(error: BaseException | None) -> str:
 # --- listening --------------------------------------------------------------------
 
 _listener: asyncio.Task[None] | None = None
+_shared: bool | None = None  # whether the channel layer reaches other processes
 
 
 def ensure_listener() -> None:
     """Start this process's listener on the running loop, once (no-op without a shared layer)."""
-    global _listener, _loop
-    if _listener is not None and not _listener.done():
+    global _listener, _loop, _shared
+    if (_listener is not None and not _listener.done()) or _shared is False:
         return
     layer = get_channel_layer()
-    if layer is None or isinstance(layer, InMemoryChannelLayer):
+    _shared = layer is not None and not isinstance(layer, InMemoryChannelLayer)
+    if not _shared:
         return
     _loop = asyncio.get_running_loop()
     _listener = _loop.create_task(listen(layer), name="revocation listener")
