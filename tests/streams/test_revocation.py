@@ -8,9 +8,9 @@ line, a 4401 close with a reason), long before the answer would have ended,
 and the next request must be refused.
 
 ``sluice_app revoke`` runs as a real subprocess, and the policy is disabled
-in this test process: both reach the gateway only through the channel layer,
-so they need Redis. ``/o/revoke_token/`` is served by the gateway itself and
-runs everywhere.
+(or the app deleted) in this test process: these reach the gateway only
+through the channel layer, so they need Redis. ``/o/revoke_token/`` and the
+admin's token revocation are served by the gateway itself and run everywhere.
 """
 
 from __future__ import annotations
@@ -182,6 +182,31 @@ def disable_the_app(server: GatewayServer, actor: Any) -> None:
     policy.save()
 
 
+def revoke_in_the_admin(server: GatewayServer, actor: Any) -> None:
+    """As ops would: the admin's "Revoke selected access tokens" action, on the gateway."""
+    from django.contrib.auth import get_user_model
+    from oauth2_provider.models import AccessToken
+
+    get_user_model().objects.create_superuser("root", "root@example.com", "s3cret-root-pass")
+    token = AccessToken.objects.get(application_id=actor.app_id)
+    with httpx.Client(base_url=server.url) as admin:
+        admin.get("/admin/login/")
+        login = {"username": "root", "password": "s3cret-root-pass"}
+        logged_in = admin.post(
+            "/admin/login/?next=/admin/",
+            data={**login, "csrfmiddlewaretoken": admin.cookies["csrftoken"]},
+        )
+        assert logged_in.headers.get("location") == "/admin/", logged_in.text
+        action = {
+            "action": "revoke_tokens",
+            "_selected_action": [str(token.pk)],
+            "csrfmiddlewaretoken": admin.cookies["csrftoken"],
+        }
+        done = admin.post("/admin/oauth2_provider/accesstoken/", data=action)
+        assert done.status_code == 302, done.text
+    assert not AccessToken.objects.filter(pk=token.pk).exists()
+
+
 def delete_the_app(server: GatewayServer, actor: Any) -> None:
     from oauth2_provider.models import Application
 
@@ -191,6 +216,7 @@ def delete_the_app(server: GatewayServer, actor: Any) -> None:
 WAYS = [
     pytest.param(revoke_with_cli, "token_revoked", 401, marks=needs_redis, id="sluice_app"),
     pytest.param(revoke_with_oauth, "token_revoked", 401, id="revoke_token"),
+    pytest.param(revoke_in_the_admin, "token_revoked", 401, id="admin"),
     pytest.param(disable_the_app, "app_disabled", 403, marks=needs_redis, id="policy"),
     pytest.param(delete_the_app, "app_deleted", 401, marks=needs_redis, id="app_deleted"),
 ]
