@@ -6,11 +6,11 @@ policy) through ``database_sync_to_async``, and the result is cached in
 process. A cache hit is a dict lookup and a clock read: no query.
 
 Staleness: entries live at most ``SLUICE["TOKEN_CACHE_SECONDS"]`` and never past
-the token's own expiry. On this process, deleting/revoking a token or saving
-an Application or AppPolicy clears the affected entries at once (see
-accounts/signals.py). Other gateway processes learn of it only when their
-entry ages out, so the short TTL bounds cross-instance staleness until
-invalidation is broadcast over Redis.
+the token's own expiry. Deleting/revoking a token or saving an Application or
+AppPolicy clears the affected entries at once on this process, and again on
+every gateway process once the change commits (accounts.signals publishes it
+through accounts.revocation over the channel layer). The TTL only bounds
+staleness when that message is lost (the channel layer was down).
 
 Invalid tokens are not cached: a negative cache would let a flood of random
 tokens evict the valid ones, and would reject a token used a moment before
@@ -47,10 +47,13 @@ class AppIdentity:
     app_id: int
     client_id: str
     name: str
-    token_id: int | None  # None for staff tickets, which carry no access token
+    token_id: int | None  # None for playground tickets, which carry no access token
     scopes: frozenset[str]
     allowed_models: frozenset[str] | None  # None: every model
-    expires_at: float  # epoch seconds: the token's expiry, or the ticket's if sooner
+    expires_at: float  # epoch seconds: the token's expiry (inf for the playground's app)
+    # The staff user acting through the admin playground; None for an app's own token.
+    staff_user_id: int | None = None
+    staff_username: str = ""
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -243,35 +246,5 @@ async def resolve_token_id(token_id: int) -> AppIdentity:
 
 
 async def resolve_app(app_id: int) -> AppIdentity:
-    """An application's identity without any token (staff tickets); scopes from its policy."""
+    """An application's identity without any token (playground tickets); scopes from its policy."""
     return await _resolve(f"app:{app_id}", _load_app, app_id)
-
-
-async def authenticate(
-    authorization: str | None,
-    *,
-    ticket: str | None = None,
-    purpose: str | None = None,
-    scope: str = "chat",
-) -> AppIdentity:
-    """Authenticate a request from its Authorization header, else from a ticket.
-
-    The header wins when both are present. A ticket must have been issued for
-    ``purpose``; when no purpose is given it must be for ``scope`` itself
-    (e.g. "chat"), so a ticket for one stream never opens anything else.
-    Raises AuthError.
-    """
-    if authorization:
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthError(401, "invalid_token", "Expected 'Authorization: Bearer <token>'.")
-        identity = await resolve_bearer(token.strip())
-    elif ticket:
-        # tickets builds on this module, so it is imported here, not at the top.
-        from accounts.tickets import redeem_ticket
-
-        identity = await redeem_ticket(ticket, purpose=purpose or scope)
-    else:
-        raise AuthError(401, "missing_token", "Send 'Authorization: Bearer <token>'.")
-    require_scope(identity, scope)
-    return identity

@@ -58,6 +58,8 @@ class AppPolicy(models.Model):
     class Meta:
         verbose_name = "app policy"
         verbose_name_plural = "app policies"
+        # Model-less permissions hang off this model: Django keys a permission by content type.
+        permissions = [("use_playground", "Can stream in the admin playground")]
 
     def __str__(self) -> str:
         return f"Policy of {self.application}"

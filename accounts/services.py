@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 from oauth2_provider.generators import generate_client_secret
 from oauth2_provider.models import (
@@ -15,6 +17,10 @@ from oauth2_provider.models import (
 )
 
 from accounts.models import AppPolicy, validate_name_list, validate_scope_list
+
+PLAYGROUND_APP = "sluice-playground"
+OPERATORS_GROUP = "operators"
+USE_PLAYGROUND = "accounts.use_playground"
 
 
 class AppNotFound(LookupError):
@@ -122,3 +128,35 @@ def _app_by_name(name: str) -> Any:
     if app is None:
         raise AppNotFound(f"No app named {name!r}.")
     return app
+
+
+def playground_app_ensure() -> int:
+    """The pk of the admin playground's own app, created (chat scope) on first use.
+
+    Staff never act as any other app: the playground's streams are billed to,
+    and audited under, this one (with the staff user named on each record).
+    """
+    app = get_application_model().objects.filter(name=PLAYGROUND_APP).order_by("pk").first()
+    if app is None:
+        try:
+            app, _secret = app_create(name=PLAYGROUND_APP, scopes=["chat"])
+        except AppExists:  # created by a concurrent request
+            app = _app_by_name(PLAYGROUND_APP)
+    return int(app.pk)
+
+
+def operators_group_ensure(*, using: str = DEFAULT_DB_ALIAS) -> Group:
+    """The ``operators`` group, holding the permission to use the playground.
+
+    Idempotent: run by a data migration and after every migrate (a flushed
+    test database loses its groups).
+    """
+    content_type = ContentType.objects.db_manager(using).get_for_model(AppPolicy)
+    permission, _ = Permission.objects.using(using).get_or_create(
+        content_type=content_type,
+        codename="use_playground",
+        defaults={"name": "Can stream in the admin playground"},
+    )
+    group, _ = Group.objects.using(using).get_or_create(name=OPERATORS_GROUP)
+    group.permissions.add(permission)
+    return group

@@ -9,8 +9,14 @@ never past its token's expiry.
 A ticket may be redeemed more than once within its lifetime, on purpose:
 EventSource reconnects to the same URL on its own, and resume depends on it.
 Redeeming re-checks the underlying access token through the cached resolver,
-so revoking the token kills its tickets (on other processes within the token
-cache TTL).
+so revoking the token kills its tickets (everywhere at once: see
+accounts.revocation).
+
+A ticket only authorises opening a connection: the identity it yields keeps
+its token's expiry, which is what governs how long that connection lives.
+
+The admin playground's tickets carry no token: they act as the playground's
+own app (never any other) and name the staff user, who the audit records.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from django.conf import settings
 from django.core import signing
 
 from accounts.identity import AppIdentity, AuthError, resolve_app, resolve_token_id
+from accounts.services import playground_app_ensure
 
 SALT = "sluice.ticket"
 
@@ -30,22 +37,34 @@ _clock = time.time
 
 
 def issue_ticket(identity: AppIdentity, *, purpose: str, ttl: int | None = None) -> str:
-    """A ticket standing in for ``identity``'s access token, for one purpose.
+    """A ticket standing in for ``identity`` (its token, or its playground user), for one purpose.
 
     It expires after ``ttl`` seconds (default ``SLUICE["TICKET_SECONDS"]``) or
     with the identity, whichever comes first.
     """
     expires = min(_expiry(ttl), identity.expires_at)
-    return _sign(app_id=identity.app_id, token_id=identity.token_id, purpose=purpose, exp=expires)
+    staff = _staff_claim(identity.staff_user_id, identity.staff_username)
+    return _sign(
+        app_id=identity.app_id,
+        token_id=identity.token_id,
+        staff=staff,
+        purpose=purpose,
+        exp=expires,
+    )
 
 
-def issue_staff_ticket(app_id: int, *, purpose: str, ttl: int | None = None) -> str:
-    """A ticket acting as ``app_id`` without an access token, for the admin playground.
+def issue_playground_ticket(
+    *, user_id: int, username: str, purpose: str, ttl: int | None = None
+) -> str:
+    """A ticket for the admin playground's own app, naming the staff user behind it.
 
-    Only staff-facing code may call this: it vouches for the caller itself.
-    The app must still exist and be enabled when the ticket is redeemed.
+    Only the playground view may call this, once it has checked the user's
+    ``accounts.use_playground`` permission. There is no way to name another
+    app: the app is the playground's, created on first use.
     """
-    return _sign(app_id=app_id, token_id=None, purpose=purpose, exp=_expiry(ttl))
+    app_id = playground_app_ensure()
+    staff = _staff_claim(user_id, username)
+    return _sign(app_id=app_id, token_id=None, staff=staff, purpose=purpose, exp=_expiry(ttl))
 
 
 async def redeem_ticket(ticket: str, *, purpose: str) -> AppIdentity:
@@ -56,13 +75,17 @@ async def redeem_ticket(ticket: str, *, purpose: str) -> AppIdentity:
         raise AuthError(401, "ticket_expired", "The ticket has expired.")
     if claims["p"] != purpose:
         raise AuthError(401, "invalid_ticket", "The ticket was issued for something else.")
-    if claims["t"] is None:
-        identity = await resolve_app(claims["a"])
-    else:
+    staff = claims.get("u")
+    if claims["t"] is not None:
         identity = await resolve_token_id(claims["t"])
+    elif isinstance(staff, list) and len(staff) == 2:
+        identity = await resolve_app(claims["a"])
+        identity = dataclasses.replace(identity, staff_user_id=staff[0], staff_username=staff[1])
+    else:  # neither a token nor a playground user behind it
+        raise AuthError(401, "invalid_ticket", "The ticket is not valid.")
     if identity.app_id != claims["a"]:
         raise AuthError(401, "invalid_ticket", "The ticket is not valid.")
-    return dataclasses.replace(identity, expires_at=min(identity.expires_at, claims["exp"]))
+    return identity
 
 
 def _expiry(ttl: int | None) -> float:
@@ -70,8 +93,14 @@ def _expiry(ttl: int | None) -> float:
     return _clock() + seconds
 
 
-def _sign(*, app_id: int, token_id: int | None, purpose: str, exp: float) -> str:
-    claims = {"a": app_id, "t": token_id, "p": purpose, "exp": round(exp, 3)}
+def _staff_claim(user_id: int | None, username: str) -> list[Any] | None:
+    return None if user_id is None else [user_id, username]
+
+
+def _sign(
+    *, app_id: int, token_id: int | None, staff: list[Any] | None, purpose: str, exp: float
+) -> str:
+    claims = {"a": app_id, "t": token_id, "u": staff, "p": purpose, "exp": round(exp, 3)}
     return _signer().sign_object(claims)
 
 

@@ -118,14 +118,27 @@ class AuditRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     )
     list_filter = ("outcome", "protocol", "public_model", "provider", "app_name")
     date_hierarchy = "started_at"
-    search_fields = ("request_id", "app_name", "response_text")
+    search_fields = ("request_id", "app_name", "staff_username", "response_text")
     ordering = ("-started_at",)
     show_full_result_count = False  # a COUNT(*) per page is slow on a large trail
     inlines = (UpstreamAttemptInline,)
     readonly_fields = ("transcript",)
     fieldsets = (
         (None, {"fields": ("request_id", "outcome", "status_code", "finish_reason")}),
-        ("Client", {"fields": ("app", "app_name", "token_id", "client_ip", "protocol")}),
+        (
+            "Client",
+            {
+                "fields": (
+                    "app",
+                    "app_name",
+                    "token_id",
+                    "staff_username",
+                    "staff_user_id",
+                    "client_ip",
+                    "protocol",
+                )
+            },
+        ),
         (
             "Model",
             {"fields": ("public_model", "provider", "upstream_model", "request_params")},

@@ -49,6 +49,10 @@ class AuditRecord(models.Model):
     app_name = models.CharField(max_length=255, blank=True)
     # The AccessToken pk, never the token itself.
     token_id = models.BigIntegerField(null=True, blank=True)
+    # The staff user behind a playground request: the user's pk and username,
+    # kept as plain values (like token_id) so the record outlives the user.
+    staff_user_id = models.BigIntegerField("staff user id", null=True, blank=True)
+    staff_username = models.CharField("staff user", max_length=150, blank=True)
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     protocol = models.CharField(max_length=16, choices=Protocol.choices)
     public_model = models.CharField(max_length=200)

@@ -43,6 +43,9 @@ class AuditEntry:
     app_id: int | None = None
     app_name: str = ""
     token_id: int | None = None
+    # The staff user who sent it from the admin playground (None for an app's own calls).
+    staff_user_id: int | None = None
+    staff_username: str = ""
     client_ip: str | None = None
     provider: str = ""
     upstream_model: str = ""

@@ -46,6 +46,7 @@ def _record_fields(entry: AuditEntry, known_apps: set[int]) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "app_id": entry.app_id if entry.app_id in known_apps else None,
         "token_id": entry.token_id,
+        "staff_user_id": entry.staff_user_id,
         "client_ip": entry.client_ip or None,
         "request_messages": storable_json(entry.request_messages),
         "request_params": storable_json(entry.request_params),
@@ -63,6 +64,7 @@ def _record_fields(entry: AuditEntry, known_apps: set[int]) -> dict[str, Any]:
     }
     for name in (
         "app_name",
+        "staff_username",
         "protocol",
         "public_model",
         "provider",

@@ -3,10 +3,11 @@
 http: the /v1/ streaming API goes straight to its ASGI endpoints; everything
 else (admin, /o/ OAuth2, /metrics, pages) goes to Django.
 websocket: the token middleware, then the stream consumer.
-lifespan: starts the audit writer's process and keeps the garbage collector out
-of the way (start-up objects frozen, young collections rarer); at the end,
-closes the upstream pool and Redis clients and stops the audit writer once it
-has written what it was given.
+lifespan: starts the audit writer's process and the revocation listener, and
+keeps the garbage collector out of the way (start-up objects frozen, young
+collections rarer); at the end, stops the listener, closes the upstream pool
+and Redis clients and stops the audit writer once it has written what it was
+given.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def settle_gc(young_threshold: int) -> None:
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
     from django.conf import settings
 
+    from accounts import revocation
     from audit.writer import audit_writer_stop, audit_writer_use_process
     from streaming.livestats import ensure_ticker
     from streaming.memory import map_large_buffers
@@ -62,8 +64,10 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
             settle_gc(settings.SLUICE["GC_YOUNG_THRESHOLD"])
             map_large_buffers()
             ensure_ticker()  # every worker publishes its live numbers from the start
+            revocation.ensure_listener()  # revocations published by other processes end here
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await revocation.stop_listener()
             await close_upstream_pool()
             await close_redis_clients()
             # Writes what is queued, then ends the writer and its process: uvicorn

@@ -14,7 +14,8 @@ from typing import Any
 
 from django.conf import settings
 
-from accounts.identity import AppIdentity, AuthError, authenticate
+from accounts.auth import authenticate
+from accounts.identity import AppIdentity, AuthError
 from accounts.tickets import issue_ticket
 from streaming import metrics, wire
 from streaming.asgi_http import ApiRequest, JsonResponse, StreamResponse, endpoint, wait_disconnect
@@ -106,34 +107,41 @@ def _stream_response(
     cursor: int,
     *,
     resumed: bool,
-    sse: Encoder = wire.sse_batch,
+    identity: AppIdentity,
+    browser: bool = False,
 ) -> StreamResponse:
     """The response that reads ``handle`` from ``cursor`` in the transport asked for.
 
-    ``sse`` encodes Server-Sent Events: OpenAI's exact format by default,
-    ``wire.eventsource_batch`` on the GET endpoints a browser opens.
+    Server-Sent Events are OpenAI's exact format, or with ``browser`` (the GET
+    endpoints an ``EventSource`` opens) end with a named ``done`` event. The
+    response ends early, with a farewell in its own format, if ``identity`` is revoked.
     """
     headers = {"X-Sluice-Stream-Id": handle.id}
     transport = transport_of(request)
     if transport == "ndjson":
         body = _body(handle, cursor, wire.ndjson_batch, resumed=resumed)
         body = metrics.track_body(body, "ndjson", handle, cursor, resumed=resumed)
-        return StreamResponse(body, NDJSON, headers=headers)
+        return StreamResponse(
+            body, NDJSON, headers=headers, identity=identity, farewell=wire.ndjson_farewell
+        )
     if transport == "text":
         body = _body(handle, cursor, wire.text_batch, resumed=resumed)
         body = metrics.track_body(body, "text", handle, cursor, resumed=resumed)
-        return StreamResponse(body, TEXT, headers=headers)
+        return StreamResponse(
+            body, TEXT, headers=headers, identity=identity, farewell=wire.text_farewell
+        )
     preamble = wire.sse_preamble(settings.SLUICE["SSE_RETRY_MS"])
     body = _body(
         handle,
         cursor,
-        sse,
+        wire.eventsource_batch if browser else wire.sse_batch,
         preamble=preamble,
         keepalive=wire.SSE_KEEPALIVE,
         resumed=resumed,
     )
     body = metrics.track_body(body, "sse", handle, cursor, resumed=resumed)
-    return StreamResponse(body, SSE, headers=headers)
+    farewell = wire.eventsource_farewell if browser else wire.sse_farewell
+    return StreamResponse(body, SSE, headers=headers, identity=identity, farewell=farewell)
 
 
 async def _wait_or_cancel(
@@ -169,7 +177,7 @@ async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse
     if not chat.stream:
         return await _complete(request, identity, chat)
     session = await _start(request, identity, chat, transport_of(request))
-    response = _stream_response(session, request, 0, resumed=False)
+    response = _stream_response(session, request, 0, resumed=False, identity=identity)
 
     # Hold the headers until the first event, so a failure before any token
     # is an HTTP error status instead of a 200 with an error inside.
@@ -265,7 +273,9 @@ async def read_stream(request: ApiRequest) -> JsonResponse | StreamResponse:
     if not await check_cursor(handle, cursor):
         # Everything was delivered; 204 also tells a browser's EventSource to stop reconnecting.
         return JsonResponse(b"", status=204)
-    return _stream_response(handle, request, cursor, resumed=cursor > 0, sse=wire.eventsource_batch)
+    return _stream_response(
+        handle, request, cursor, resumed=cursor > 0, identity=identity, browser=True
+    )
 
 
 async def cancel_stream(request: ApiRequest) -> JsonResponse:
@@ -290,7 +300,7 @@ async def chat_stream_get(request: ApiRequest) -> JsonResponse | StreamResponse:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True}
     chat = parse_chat_request(body)
     session = await _start(request, identity, chat, transport_of(request))
-    return _stream_response(session, request, 0, resumed=False, sse=wire.eventsource_batch)
+    return _stream_response(session, request, 0, resumed=False, identity=identity, browser=True)
 
 
 async def create_ticket(request: ApiRequest) -> JsonResponse:

@@ -3,7 +3,9 @@
 The hot routes skip Django's request/middleware stack: they parse what they
 need from the ASGI scope, authenticate through the cached token resolver, and
 stream. A streaming response runs its body and a disconnect watcher side by
-side, so a client that goes away stops its reader at once.
+side, so a client that goes away stops its reader at once; and it watches its
+identity (accounts.revocation), so a revoked or expired one ends it at once,
+with a last error in the response's own format.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from urllib.parse import parse_qsl
 import orjson
 from django.conf import settings
 
+from accounts import revocation
+from accounts.identity import AppIdentity
 from streaming.errors import ApiError
 from streaming.log import CursorTrimmed
 from streaming.logging import bind, request_id
@@ -92,12 +96,17 @@ class StreamResponse:
     headers: dict[str, str] = field(default_factory=dict)
     hold: Callable[[], Awaitable[JsonResponse | None]] | None = None
     on_gone: Callable[[], None] | None = None
+    # Whose response it is, and how its last words are written when that
+    # identity is revoked: farewell(error body) -> bytes in the body's format.
+    identity: AppIdentity | None = None
+    farewell: Callable[[dict[str, Any]], bytes] | None = None
 
     async def send(self, send: Send, receive: Receive) -> None:
         task = asyncio.current_task()
         assert task is not None
         started = False
         gone = False
+        revoked = ""
 
         def client_left(watch: asyncio.Future[None]) -> None:
             nonlocal gone
@@ -105,8 +114,17 @@ class StreamResponse:
                 gone = True
                 task.cancel()
 
+        def identity_revoked(reason: str) -> None:
+            nonlocal revoked
+            if not gone:
+                revoked = reason
+                task.cancel()
+
         watch = asyncio.ensure_future(wait_disconnect(receive))
         watch.add_done_callback(client_left)
+        identity_watch = None
+        if self.identity is not None:
+            identity_watch = revocation.watch(self.identity, identity_revoked)
         try:
             if self.hold is not None:
                 instead = await self.hold()
@@ -119,6 +137,10 @@ class StreamResponse:
             started = True
             await self._pump(send)
         except asyncio.CancelledError:
+            if revoked and not gone:
+                task.uncancel()
+                await self._end_revoked(send, receive, revoked, started=started)
+                return
             if not gone:
                 raise
             task.uncancel()
@@ -127,10 +149,34 @@ class StreamResponse:
         except OSError:
             pass  # the connection broke under a send
         finally:
+            if identity_watch is not None:
+                identity_watch.close()
             watch.remove_done_callback(client_left)
             watch.cancel()
             if not started:
                 await _close(self.body)
+
+    async def _end_revoked(
+        self, send: Send, receive: Receive, reason: str, *, started: bool
+    ) -> None:
+        """The identity behind the response was revoked: say so, then end the response."""
+        message = f"{revocation.describe(reason)}; the stream was ended"
+        error = ApiError(revocation.http_status(reason), message, code=reason)
+        if not started:
+            with contextlib.suppress(OSError):
+                await JsonResponse(error.body(), status=error.status).send(send, receive)
+            return
+        last = self.farewell(error.body()) if self.farewell is not None else b""
+        try:
+            # A client that does not read its last words is cut off like any stalled reader.
+            limit = settings.SLUICE["READER_STALL_SECONDS"]
+            await asyncio.wait_for(
+                send({"type": "http.response.body", "body": last, "more_body": False}), limit
+            )
+        except TimeoutError:
+            await abort_connection(send)
+        except OSError:
+            pass
 
     async def _pump(self, send: Send) -> None:
         # A reader that cannot take data for READER_STALL_SECONDS is cut off; it can resume.

@@ -5,6 +5,11 @@ Client -> server: ``chat.create`` (a chat request plus ``request_id``),
 Server -> client: ``stream.created``, ``chunk``, ``stream.done``, ``error``,
 ``pong``. Closing the socket stops the readers, not the streams: they can be
 resumed on a new socket.
+
+The socket lives as long as its identity: when its token is revoked or
+expires, or its app is disabled or deleted, the server closes it with code
+4401 and the reason ("token revoked", "token expired", "app disabled", "app
+deleted"); see accounts.revocation.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import orjson
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from accounts.identity import AppIdentity, AuthError, authenticate
+from accounts import revocation
+from accounts.auth import authenticate
+from accounts.identity import AppIdentity, AuthError
 from streaming import metrics, wire
 from streaming.errors import ApiError
 from streaming.log import CursorTrimmed
@@ -59,6 +66,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     identity: AppIdentity
     readers: dict[str, asyncio.Task[None]]
+    watch: revocation.Watch | None = None
+    ended: str = ""  # the revocation that closed the socket
+    closing: asyncio.Future[None] | None = None
 
     async def connect(self) -> None:
         bind(request_id=request_id(self.scope["headers"]))
@@ -83,9 +93,20 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.readers = {}
         self.client_ip = (self.scope.get("client") or [None])[0]
         await self.accept(subprotocol=subprotocol)
+        self.watch = revocation.watch(self.identity, self._revoked)
         self._idle_watch()
 
-    async def disconnect(self, code: int) -> None:
+    def _revoked(self, reason: str) -> None:
+        """The identity was revoked or expired: no more streams, and the socket closes."""
+        self.ended = reason
+        self._stop_readers()
+        self.closing = asyncio.ensure_future(self._close_revoked(reason))
+
+    async def _close_revoked(self, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.close(code=revocation.CLOSE_CODE, reason=revocation.describe(reason))
+
+    def _stop_readers(self) -> None:
         for task in getattr(self, "readers", {}).values():
             task.cancel()
         idle = getattr(self, "idle_timer", None)
@@ -110,7 +131,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
         reason = f"idle: no message and no stream for {limit:g} s"
         self.idle_close = loop.create_task(self.close(code=IDLE_CLOSE_CODE, reason=reason))
 
+    async def disconnect(self, code: int) -> None:
+        if self.watch is not None:
+            self.watch.close()
+        self._stop_readers()
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.ended:
+            return  # closing: what arrives after a revocation is not acted on
         self.last_active = asyncio.get_running_loop().time()
         message: Any = None
         try:
@@ -164,6 +192,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 code="model_not_found",
                 param="model",
             )
+        if self.ended:
+            return  # revoked while the route was looked up
         session = StreamSession(
             identity=self.identity,
             request=chat,

@@ -3,20 +3,24 @@
 The dashboard page draws itself from ``dashboard_feed``, a Server-Sent Events
 stream of the deployment's snapshot once a second (streaming.livestats).
 The playground runs prompts through the public streaming API exactly as an
-app's browser code would: with a short-lived ticket, never a token.
+app's browser code would: with a short-lived ticket, never a token. It
+streams only as its own app (``sluice-playground``), for staff holding
+``accounts.use_playground``; the audit names the staff user.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import wraps
 from typing import Any
 
 import orjson
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -27,16 +31,13 @@ from django.http import (
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
-from oauth2_provider.models import get_application_model
 
-from accounts.models import AppPolicy
-from accounts.services import AppExists, app_create
-from accounts.tickets import issue_staff_ticket
+from accounts.services import PLAYGROUND_APP, USE_PLAYGROUND, playground_app_ensure
+from accounts.tickets import issue_playground_ticket
 from streaming import livestats
 from streaming.models import ModelRoute
 
 FEED_SECONDS = 600  # then the browser's EventSource reconnects: no connection lives forever
-PLAYGROUND_APP = "sluice-playground"
 
 
 def _page(request: HttpRequest, template: str, title: str, **context: Any) -> HttpResponse:
@@ -73,24 +74,25 @@ async def dashboard_feed(request: HttpRequest) -> HttpResponse | StreamingHttpRe
 
 
 # -- playground ---------------------------------------------------------------
-def _apps() -> list[dict[str, Any]]:
-    Application = get_application_model()
-    rows = []
-    for app in Application.objects.select_related("policy").order_by("name"):
-        policy = AppPolicy.of(app)
-        if policy.enabled and "chat" in policy.scopes:
-            rows.append({"id": app.pk, "name": app.name, "models": policy.allowed_models})
-    return rows
+def playground_user_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Staff with ``accounts.use_playground`` (the operators group; superusers
+    implicitly). Other staff, auditors included, get a 403."""
+
+    @wraps(view)
+    def check(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.has_perm(USE_PLAYGROUND):
+            raise PermissionDenied("Using the playground needs the use_playground permission.")
+        return view(request, *args, **kwargs)
+
+    return staff_member_required(check)
 
 
-@staff_member_required
+@playground_user_required
 @require_GET
 def playground_page(request: HttpRequest) -> HttpResponse:
     routes = ModelRoute.objects.filter(enabled=True).order_by("model")
-
     config = {
         "routes": list(routes.values_list("model", flat=True)),
-        "apps": _apps(),
         "playgroundApp": PLAYGROUND_APP,
         "ticketUrl": reverse("sluice:playground-ticket"),
         "ticketSeconds": settings.SLUICE["TICKET_SECONDS"],
@@ -98,28 +100,17 @@ def playground_page(request: HttpRequest) -> HttpResponse:
     return _page(request, "sluice/playground.html", "Playground", config=config)
 
 
-def _playground_app_id() -> int:
-    Application = get_application_model()
-    app = Application.objects.filter(name=PLAYGROUND_APP).first()
-    if app is None:
-        try:
-            app, _secret = app_create(name=PLAYGROUND_APP, scopes=["chat"])
-        except AppExists:  # created by a concurrent request
-            app = Application.objects.get(name=PLAYGROUND_APP)
-    return int(app.pk)
-
-
-@staff_member_required
+@playground_user_required
 @require_POST
-def playground_ticket(request: HttpRequest) -> JsonResponse:
-    """A chat ticket acting as the chosen app (or the playground app), for this page only."""
-    raw = request.POST.get("app", "")
-    if raw == PLAYGROUND_APP:
-        app_id = _playground_app_id()
-    elif raw.isdigit() and any(app["id"] == int(raw) for app in _apps()):
-        app_id = int(raw)
-    else:
-        return JsonResponse({"error": "unknown or disabled app"}, status=400)
-    ticket = issue_staff_ticket(app_id, purpose="chat")
+def playground_ticket(request: HttpRequest) -> HttpResponse:
+    """A chat ticket for the playground's own app, naming this staff user.
+
+    The playground never acts as another app, whatever the request says.
+    """
+    user = request.user
+    user_id = user.pk
+    assert user_id is not None  # staff_member_required: a logged-in user
+    ticket = issue_playground_ticket(user_id=user_id, username=user.get_username(), purpose="chat")
     expires_at = int(time.time()) + settings.SLUICE["TICKET_SECONDS"]
+    app_id = playground_app_ensure()
     return JsonResponse({"ticket": ticket, "app_id": app_id, "expires_at": expires_at})

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
+from accounts import revocation
 from accounts.identity import AppIdentity
 from audit.records import AttemptEntry, AuditEntry
 from audit.writer import audit_submit
@@ -80,6 +81,8 @@ class StreamSession:
         self.resumes = 0
         self._abandon: asyncio.TimerHandle | None = None
         self._cancel_reason = ""
+        self._revoked = ""  # why the identity behind it was revoked, if it was
+        self._watch: revocation.Watch | None = None
         self._prefix = self._chunk_prefix(route.model)
         self._prefix_attempt: AttemptEntry | None = None
         self.audit = AuditEntry(
@@ -90,6 +93,8 @@ class StreamSession:
             app_id=identity.app_id,
             app_name=identity.name,
             token_id=identity.token_id,
+            staff_user_id=identity.staff_user_id,
+            staff_username=identity.staff_username,
             client_ip=client_ip,
             request_messages=request.messages,
             request_params={**request.params, "stream": request.stream},
@@ -101,6 +106,9 @@ class StreamSession:
         _sessions[self.id] = self
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"stream {self.id}")
         self.task.add_done_callback(self._ensure_ended)
+        # A revoked token or app stops its generations too (they are paid for);
+        # a token's expiry does not: the request was made while it was valid.
+        self._watch = revocation.watch(self.identity, self._revoke, until_expiry=False)
         if redis_log.redis_enabled():
             mirror = redis_log.RedisMirror(
                 self.id, self.log, app_id=self.app_id, model=self.route.model
@@ -113,6 +121,10 @@ class StreamSession:
         if self.task is not None and not self.task.done():
             self._cancel_reason = reason
             self.task.cancel()
+
+    def _revoke(self, reason: str) -> None:
+        self._revoked = reason
+        self.cancel("cancelled")
 
     @property
     def finished(self) -> bool:
@@ -269,6 +281,14 @@ class StreamSession:
     def _record_cancel(self) -> None:
         reason = self._cancel_reason or "cancelled"
         self.audit.outcome = reason
+        if self._revoked:
+            message = f"stream cancelled: {revocation.describe(self._revoked)}"
+            self.audit.error_class, self.audit.error_message = self._revoked, message
+            status = revocation.http_status(self._revoked)
+            self._fail(
+                status, error_body(message, type_="invalid_request_error", code=self._revoked)
+            )
+            return
         self._fail(499, error_body(f"stream {reason}", type_="server_error", code=reason))
 
     def _ensure_ended(self, task: asyncio.Task[None]) -> None:
@@ -296,6 +316,8 @@ class StreamSession:
     def _end(self) -> None:
         if self._abandon is not None:
             self._abandon.cancel()
+        if self._watch is not None:
+            self._watch.close()
         self.log.append(END, b"")
         audit = self.audit
         self.transcript.fill(audit)

@@ -9,6 +9,7 @@ pieces took more memory than the result (see streaming.log.LogBatch).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 
@@ -92,6 +93,28 @@ def text_batch(entries: Sequence[Entry]) -> bytes:
         else:
             out += b"\n"
     return bytes(out)
+
+
+# Last words of a response whose identity was revoked (accounts.revocation):
+# ``body`` is an OpenAI error body. They carry no seq: nothing follows them.
+def sse_farewell(body: dict[str, Any]) -> bytes:
+    """An ``error`` event in OpenAI's shape, then ``data: [DONE]``."""
+    return b"data: " + orjson.dumps(body) + b"\n\ndata: [DONE]\n\n"
+
+
+def eventsource_farewell(body: dict[str, Any]) -> bytes:
+    """``sse_farewell`` for ``EventSource`` readers: the end is the named ``done`` event."""
+    return b"data: " + orjson.dumps(body) + b"\n\nevent: done\ndata: [DONE]\n\n"
+
+
+def ndjson_farewell(body: dict[str, Any]) -> bytes:
+    """One ``{"error": {...}}`` line."""
+    return orjson.dumps(body) + b"\n"
+
+
+def text_farewell(body: dict[str, Any]) -> bytes:
+    """A last line saying why the text stops, as a stream's own error is written."""
+    return b"\n[error: " + str(body["error"]["message"]).encode() + b"]\n"
 
 
 def ws_messages(stream_id: str, entries: Sequence[Entry]) -> list[str]:

@@ -8,7 +8,8 @@ from django.utils import timezone
 from oauth2_provider.models import AccessToken
 
 from accounts import identity
-from accounts.identity import AuthError, authenticate, resolve_bearer
+from accounts.auth import authenticate
+from accounts.identity import AuthError, resolve_bearer
 from accounts.models import AppPolicy
 from tests.accounts.conftest import App, request_token, token_for
 

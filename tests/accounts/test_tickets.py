@@ -3,12 +3,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from oauth2_provider.models import AccessToken
+from asgiref.sync import sync_to_async
+from oauth2_provider.models import AccessToken, Application
 
 from accounts import tickets
-from accounts.identity import AuthError, authenticate, resolve_bearer
+from accounts.auth import authenticate
+from accounts.identity import AuthError, resolve_bearer
 from accounts.models import AppPolicy
-from accounts.tickets import issue_staff_ticket, issue_ticket, redeem_ticket
+from accounts.tickets import issue_playground_ticket, issue_ticket, redeem_ticket
 from tests.accounts.conftest import App
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,7 +23,8 @@ async def test_ticket_roundtrip(alice_token: str) -> None:
     who = await redeem_ticket(ticket, purpose="stream:s1")
 
     assert (who.app_id, who.token_id, who.scopes) == (alice.app_id, alice.token_id, alice.scopes)
-    assert who.expires_at <= tickets._clock() + 30
+    # The ticket only opens: what it opens lives as long as the token does.
+    assert who.expires_at == alice.expires_at
     assert alice_token not in ticket
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", ticket)  # safe in a URL and a WebSocket subprotocol
 
@@ -91,27 +94,44 @@ async def test_authenticate_takes_a_ticket_only_without_a_header(
     assert who.name == "alice-app"
 
 
-async def test_staff_ticket_acts_as_the_app(bob: App) -> None:
-    ticket = issue_staff_ticket(bob.app.pk, purpose="chat", ttl=30)
+async def test_playground_ticket_acts_as_the_playground_app_and_names_the_user(
+    bob: App,
+) -> None:
+    ticket = await sync_to_async(issue_playground_ticket)(
+        user_id=7, username="olivia", purpose="chat", ttl=30
+    )
 
     who = await authenticate(None, ticket=ticket)
 
-    assert (who.app_id, who.token_id) == (bob.app.pk, None)
-    assert who.allowed_models == frozenset({"small"})
-    assert who.expires_at <= tickets._clock() + 30
+    assert (who.name, who.token_id) == ("sluice-playground", None)
+    assert (who.staff_user_id, who.staff_username) == (7, "olivia")
+    # Tickets it hands out (a stream's) name the user too.
+    again = await redeem_ticket(issue_ticket(who, purpose="stream:s1"), purpose="stream:s1")
+    assert (again.app_id, again.staff_username) == (who.app_id, "olivia")
 
 
-async def test_staff_ticket_for_disabled_or_deleted_app_is_refused(bob: App) -> None:
-    ticket = issue_staff_ticket(bob.app.pk, purpose="chat")
-    await authenticate(None, ticket=ticket)
+async def test_a_ticket_with_neither_token_nor_user_is_refused(bob: App) -> None:
+    forged = tickets._sign(app_id=bob.app.pk, token_id=None, staff=None, purpose="chat", exp=1e12)
 
-    await (await AppPolicy.objects.aget(application=bob.app)).adelete()
-    await AppPolicy.objects.acreate(application=bob.app, enabled=False)
+    with pytest.raises(AuthError) as err:
+        await authenticate(None, ticket=forged)
+    assert err.value.code == "invalid_ticket"
+
+
+async def test_playground_ticket_for_a_disabled_or_deleted_app_is_refused() -> None:
+    ticket = await sync_to_async(issue_playground_ticket)(
+        user_id=7, username="olivia", purpose="chat"
+    )
+    who = await authenticate(None, ticket=ticket)
+
+    await AppPolicy.objects.filter(application_id=who.app_id).adelete()
+    await AppPolicy.objects.acreate(application_id=who.app_id, enabled=False)
     with pytest.raises(AuthError) as err:
         await authenticate(None, ticket=ticket)
     assert err.value.code == "app_disabled"
 
-    await bob.app.adelete()
+    await AppPolicy.objects.filter(application_id=who.app_id).adelete()
+    await Application.objects.filter(pk=who.app_id).adelete()
     with pytest.raises(AuthError) as err:
         await authenticate(None, ticket=ticket)
     assert err.value.status == 401

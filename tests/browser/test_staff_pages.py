@@ -1,8 +1,9 @@
 """The staff pages in a real browser: headless Chromium against a gateway process.
 
-A staff user logs into the admin, runs a prompt in the playground over each
-transport (dropping the connection mid-stream and resuming), and watches the
-live dashboard count a stream in flight. Screenshots go to test-output/.
+An operator (staff, in the ``operators`` group) logs into the admin, runs a
+prompt in the playground over each transport (dropping the connection
+mid-stream and resuming), and watches the live dashboard count a stream in
+flight. Screenshots go to test-output/.
 """
 
 from __future__ import annotations
@@ -36,9 +37,14 @@ def paced_gateway(django_db_setup: None) -> Iterator[GatewayServer]:
 
 @pytest.fixture
 def staff(live_db: None) -> tuple[str, str]:
+    """Olivia, an operator: staff with the playground permission, not a superuser."""
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
 
-    get_user_model().objects.create_superuser("olivia", "olivia@example.com", "s3cret-pass-olivia")
+    olivia = get_user_model().objects.create_user(
+        "olivia", "olivia@example.com", "s3cret-pass-olivia", is_staff=True
+    )
+    olivia.groups.add(Group.objects.get(name="operators"))
     return "olivia", "s3cret-pass-olivia"
 
 

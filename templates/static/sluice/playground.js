@@ -23,7 +23,6 @@
     var response = await fetch(config.ticketUrl, {
       method: "POST", credentials: "same-origin",
       headers: { "X-CSRFToken": csrf() },
-      body: new URLSearchParams({ app: $("app").value }),
     });
     if (!response.ok) throw new Error("could not get a ticket (HTTP " + response.status + ")");
     return (await response.json()).ticket;
