@@ -74,10 +74,35 @@ class AppPolicyInline(admin.StackedInline):
     verbose_name_plural = "policy"
 
 
+CLIENT_CREDENTIALS_FIELDS = (
+    "name",
+    "client_id",
+    "client_secret",
+    "hash_client_secret",
+    "client_type",
+    "authorization_grant_type",
+)
+
+
 class SluiceApplicationAdmin(get_application_admin_class()):  # type: ignore[misc]
     """DOT's ApplicationAdmin with the app's policy inline."""
 
     inlines = (AppPolicyInline,)
+
+    def get_fieldsets(self, request: Any, obj: Any = None) -> Any:
+        """What a client-credentials app is made of first; the rest of OAuth2 folded away."""
+        fields = [
+            f for _, options in super().get_fieldsets(request, obj) for f in options["fields"]
+        ]
+        first = [f for f in CLIENT_CREDENTIALS_FIELDS if f in fields]
+        rest = [f for f in fields if f not in first]
+        return [
+            (None, {"fields": first}),
+            (
+                "Other OAuth2 settings (not used by client-credentials apps)",
+                {"fields": rest, "classes": ["collapse"]},
+            ),
+        ]
 
     def save_related(self, request: Any, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)

@@ -11,16 +11,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.live import ROOT, GatewayServer, server_env
+from tests.browser.conftest import CHROMIUM, logged_in_page, shot
+from tests.live import GatewayServer, server_env
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "test-output"
 PROMPT = "Tell me how streaming works."
 
 if not os.path.exists(CHROMIUM):
@@ -48,43 +46,10 @@ def staff(live_db: None) -> tuple[str, str]:
     return "olivia", "s3cret-pass-olivia"
 
 
-@pytest.fixture
-def browser() -> Iterator[object]:
-    """Chromium; tests ask for it last, after their database fixtures (Playwright's
-    sync API runs an event loop in this thread, where Django refuses queries)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        chromium.close()
-
-
-def logged_in_page(browser, server: GatewayServer, staff: tuple[str, str]):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(f"{server.url}/admin/login/?next=/admin/")
-    page.fill("#id_username", staff[0])
-    page.fill("#id_password", staff[1])
-    page.click("input[type=submit]")
-    page.wait_for_selector("#sluice-pages")
-    return page
-
-
 def expected_answer(prompt: str) -> str:
     from streaming.providers.demo import demo_tokens
 
     return "".join(demo_tokens([{"role": "user", "content": prompt}]))
-
-
-def shot(page, name: str) -> Path:
-    SCREENSHOTS.mkdir(exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
 
 
 def test_admin_index_links_the_staff_pages(paced_gateway, staff, browser):
