@@ -7,6 +7,7 @@ breaker state is read from streaming.breaker for display.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -231,22 +232,26 @@ class RouteTargetInline(admin.TabularInline):
         return describe_circuit(views[0]) if views else "unknown (Redis unavailable)"
 
 
-class ModelRouteForm(forms.ModelForm):
-    # The model's default, not none: a route added without touching the policy
-    # falls back as one imported without ``retry_on`` does.
-    retry_on = forms.MultipleChoiceField(
+def failure_kinds(initial: Callable[[], list[str]], **options: Any) -> forms.Field:
+    """Checkboxes of failure kinds, starting checked as the model's default does."""
+    return forms.MultipleChoiceField(
         choices=RetryOn.choices,
-        initial=default_retry_on,
+        initial=initial,
         required=False,
         widget=forms.CheckboxSelectMultiple,
-        help_text="Failures that are retried, then fallen back on. Others go to the client.",
+        **options,
     )
 
-    retry_same_target_on = forms.MultipleChoiceField(
-        choices=RetryOn.choices,
-        initial=default_retry_same_target_on,
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
+
+class ModelRouteForm(forms.ModelForm):
+    # The model's defaults, not none: a route added without touching the policy
+    # falls back as one imported without ``retry_on`` does.
+    retry_on = failure_kinds(
+        default_retry_on,
+        help_text="Failures that are retried, then fallen back on. Others go to the client.",
+    )
+    retry_same_target_on = failure_kinds(
+        default_retry_same_target_on,
         label="Retry the same target on",
         help_text=(
             "Of the failures above, those tried again on the same target (up to attempts "
