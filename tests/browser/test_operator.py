@@ -6,12 +6,14 @@ to test-output/ (the ones in docs/ are taken from there)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
 from tests.browser.conftest import CHROMIUM, logged_in_page, shot
 from tests.conftest import unique
 from tests.fakes.upstream import refused_base_url
+from tests.live import GatewayServer, server_env
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.django_db(transaction=True)]
 
@@ -19,6 +21,15 @@ if not os.path.exists(CHROMIUM):
     pytest.skip(f"no browser at {CHROMIUM} (make browser installs it)", allow_module_level=True)
 
 BACKUP_TOKENS = ["Answered", " by", " the", " fallback."]
+
+
+@pytest.fixture(scope="module")
+def gateway(django_db_setup: None) -> Iterator[GatewayServer]:
+    """A gateway of this module's own: the admin's writes here leave the session
+    gateway's content-type cache alone (a test flush renumbers content types)."""
+    server = GatewayServer(env=server_env()).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
