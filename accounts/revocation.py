@@ -86,6 +86,10 @@ class Revocation:
 # published from other threads are handed to it with call_soon_threadsafe.
 
 
+def _ignore(reason: str) -> None:
+    """What a closed watch calls: nothing."""
+
+
 class Watch:
     """One connection or generation whose life ends with its identity's."""
 
@@ -102,14 +106,17 @@ class Watch:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        # Let go of the connection: its callback holds the request's task.
+        self.on_end = _ignore
         _discard(_by_app, self.app_id, self)
         if self.token_id is not None:
             _discard(_by_token, self.token_id, self)
 
     def end(self, reason: str) -> None:
+        on_end = self.on_end
         self.close()
         try:
-            self.on_end(reason)
+            on_end(reason)
         except Exception:
             logger.exception("ending a connection (%s) failed", reason)
 

@@ -181,11 +181,16 @@ async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse
 
     # Hold the headers until the first event, so a failure before any token
     # is an HTTP error status instead of a 200 with an error inside.
+    # The dict, not the response: a closure over the response that the response
+    # holds is a cycle, which kept its body (and the stream's log) until a full
+    # garbage collection (the stalled-reader benchmark's memory after expiry).
+    headers = response.headers
+
     async def first_event() -> JsonResponse | None:
         await session.log.wait_after(0)
         if session.log.read_after(0, 1)[0][1] == ERROR:
             return _error_response(session)
-        response.headers.update(session.served_headers())  # who answered the first token
+        headers.update(session.served_headers())  # who answered the first token
         return None
 
     response.hold = first_event
