@@ -5,7 +5,7 @@ query (by DOT's sha256 ``token_checksum``, joined to the application and its
 policy) through ``database_sync_to_async``, and the result is cached in
 process. A cache hit is a dict lookup and a clock read: no query.
 
-Staleness: entries live at most ``SLUICE["TOKEN_CACHE_SECONDS"]`` and never past
+Staleness: entries live at most ``SLUICE_TOKEN_CACHE_SECONDS`` and never past
 the token's own expiry. Deleting/revoking a token or saving an Application or
 AppPolicy clears the affected entries at once on this process, and again on
 every gateway process once the change commits (accounts.signals publishes it
@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -110,7 +110,7 @@ def _cache_get(key: str) -> AppIdentity | None:
 
 
 def _cache_put(key: str, identity: AppIdentity, generation: int) -> None:
-    ttl = cast(float, settings.SLUICE["TOKEN_CACHE_SECONDS"])
+    ttl = settings.SLUICE_TOKEN_CACHE_SECONDS
     deadline = min(_clock() + ttl, identity.expires_at)
     with _lock:
         if generation != _generation or deadline <= _clock():

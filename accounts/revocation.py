@@ -186,7 +186,7 @@ def publish(revocation: Revocation) -> None:
 
     Call once the change is committed (``transaction.on_commit``). A channel
     layer that is down is logged, not raised: the change is committed, and
-    other processes' caches age out within SLUICE["TOKEN_CACHE_SECONDS"].
+    other processes' caches age out within SLUICE_TOKEN_CACHE_SECONDS.
     """
     _apply_here(revocation)
     layer = get_channel_layer()

@@ -3,7 +3,7 @@
 EventSource and browser WebSockets cannot send an Authorization header, and a
 bearer token in a URL ends up in logs and history. A ticket is what goes in
 the URL instead: signed (not encrypted) with the SECRET_KEY, bound to one
-purpose ("chat", "stream:<id>"), valid for ``SLUICE["TICKET_SECONDS"]`` and
+purpose ("chat", "stream:<id>"), valid for ``SLUICE_TICKET_SECONDS`` and
 never past its token's expiry.
 
 A ticket may be redeemed more than once within its lifetime, on purpose:
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.core import signing
@@ -39,7 +39,7 @@ _clock = time.time
 def issue_ticket(identity: AppIdentity, *, purpose: str, ttl: int | None = None) -> str:
     """A ticket standing in for ``identity`` (its token, or its playground user), for one purpose.
 
-    It expires after ``ttl`` seconds (default ``SLUICE["TICKET_SECONDS"]``) or
+    It expires after ``ttl`` seconds (default ``SLUICE_TICKET_SECONDS``) or
     with the identity, whichever comes first.
     """
     expires = min(_expiry(ttl), identity.expires_at)
@@ -89,7 +89,7 @@ async def redeem_ticket(ticket: str, *, purpose: str) -> AppIdentity:
 
 
 def _expiry(ttl: int | None) -> float:
-    seconds = cast(float, settings.SLUICE["TICKET_SECONDS"]) if ttl is None else ttl
+    seconds = settings.SLUICE_TICKET_SECONDS if ttl is None else ttl
     return _clock() + seconds
 
 

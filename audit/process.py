@@ -69,7 +69,7 @@ class _Slab:
     A ``bytes`` of its own per entry (a ~0.5 KiB block of the heap, alive for
     up to a quarter second among the requests' long-lived allocations) left
     the heap full of holes: 12 MiB more RSS after 20,000 requests. A block is
-    a mapping (``streaming.memory.map_large_buffers``), unmapped when the last
+    a mapping (``streaming.core.memory.map_large_buffers``), unmapped when the last
     entry in it has gone to the child. A big entry keeps its own ``bytes``.
     """
 

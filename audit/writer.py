@@ -265,8 +265,7 @@ def _default_writer() -> AuditWriter:
 def _new_writer(write: WriteBatch, encode: Encode | None = None) -> AuditWriter:
     from django.conf import settings
 
-    conf: dict[str, Any] = settings.SLUICE
-    writer = AuditWriter(maxsize=conf.get("AUDIT_QUEUE_SIZE", 10_000), write=write, encode=encode)
+    writer = AuditWriter(maxsize=settings.SLUICE_AUDIT_QUEUE_SIZE, write=write, encode=encode)
     atexit.register(writer.stop)
     return writer
 

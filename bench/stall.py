@@ -29,7 +29,7 @@ from bench.report import Row
 from bench.scenarios import Bench, run_load, warm_up
 from bench.stack import Process, cpu_seconds, peak_rss_kib, reset_peak_rss, rss_kib
 
-READER_BUFFER_KIB = 256  # SLUICE["READER_BUFFER_BYTES"] default
+READER_BUFFER_KIB = 256  # SLUICE_READER_BUFFER_BYTES default
 TRANSPORT_KIB = 64  # uvicorn/uvloop write buffer high-water mark
 TCP_ESTABLISHED = 1  # tcp_info.tcpi_state
 STALLED_RCVBUF = 4096

@@ -24,7 +24,7 @@ django_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from streaming.routing import HttpRouter, websocket_patterns  # noqa: E402
+from streaming.transports.asgi import HttpRouter, websocket_patterns  # noqa: E402
 
 
 def settle_gc(young_threshold: int) -> None:
@@ -51,17 +51,17 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     from accounts import revocation
     from audit.writer import audit_writer_stop, audit_writer_use_process
-    from streaming.livestats import ensure_ticker
-    from streaming.memory import map_large_buffers
-    from streaming.redis_log import close_redis_clients
-    from streaming.upstream import close_upstream_pool
+    from streaming.core.memory import map_large_buffers
+    from streaming.core.redis_log import close_redis_clients
+    from streaming.observability.livestats import ensure_ticker
+    from streaming.providers.pool import close_upstream_pool
 
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            if settings.SLUICE["AUDIT_PROCESS"]:
+            if settings.SLUICE_AUDIT_PROCESS:
                 audit_writer_use_process()
-            settle_gc(settings.SLUICE["GC_YOUNG_THRESHOLD"])
+            settle_gc(settings.SLUICE_GC_YOUNG_THRESHOLD)
             map_large_buffers()
             ensure_ticker()  # every worker publishes its live numbers from the start
             revocation.ensure_listener()  # revocations published by other processes end here

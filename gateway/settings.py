@@ -9,7 +9,6 @@ given: nothing falls back to a known key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -164,41 +163,40 @@ REST_FRAMEWORK = {
 LOGIN_URL = "/admin/login/"
 
 # --- Sluice -----------------------------------------------------------------
-SLUICE: dict[str, Any] = {
-    # Requests
-    "MAX_REQUEST_BYTES": envint("SLUICE_MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024),
-    "TOKEN_CACHE_SECONDS": envfloat("SLUICE_TOKEN_CACHE_SECONDS", 30.0, minimum=0),
-    "CONFIG_CACHE_SECONDS": envfloat("SLUICE_CONFIG_CACHE_SECONDS", 5.0, minimum=0),
-    "TICKET_SECONDS": envint("SLUICE_TICKET_SECONDS", 120, minimum=5),
-    # Streams
-    "STREAM_ABANDON_SECONDS": envfloat("SLUICE_STREAM_ABANDON_SECONDS", 60.0, minimum=0.1),
-    "STREAM_TTL_SECONDS": envint("SLUICE_STREAM_TTL_SECONDS", 600, minimum=1),
-    "STREAM_MAX_EVENTS": envint("SLUICE_STREAM_MAX_EVENTS", 100_000, minimum=10),
-    "STREAM_MAX_BYTES": envint("SLUICE_STREAM_MAX_BYTES", 32 * 1024 * 1024, minimum=1024),
-    "SSE_KEEPALIVE_SECONDS": envfloat("SLUICE_SSE_KEEPALIVE_SECONDS", 15.0, minimum=0.05),
-    "SSE_RETRY_MS": envint("SLUICE_SSE_RETRY_MS", 1000, minimum=0),
-    "READER_BUFFER_BYTES": envint("SLUICE_READER_BUFFER_BYTES", 256 * 1024, minimum=1024),
-    "READER_STALL_SECONDS": envfloat("SLUICE_READER_STALL_SECONDS", 30.0, minimum=0.1),
-    "REDIS_BATCH_SECONDS": envfloat("SLUICE_REDIS_BATCH_SECONDS", 0.02, minimum=0),
-    # Upstreams
-    "UPSTREAM_CONNECT_TIMEOUT": envfloat("SLUICE_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.01),
-    "UPSTREAM_MAX_CONNECTIONS": envint("SLUICE_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1),
-    "BREAKER_FAILURES": envint("SLUICE_BREAKER_FAILURES", 5, minimum=1),
-    "BREAKER_COOLDOWN_SECONDS": envfloat("SLUICE_BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.1),
-    "DEMO_TOKEN_DELAY": envfloat("SLUICE_DEMO_TOKEN_DELAY", 0.03, minimum=0),
-    # Metrics
-    "METRICS_TOKEN": envstr("SLUICE_METRICS_TOKEN"),
-    "METRICS_ALLOWED_NETWORKS": envlist("SLUICE_METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"),
-    # TLS for the production server
-    "TLS_CERT_FILE": envstr("SLUICE_TLS_CERT_FILE"),
-    "TLS_KEY_FILE": envstr("SLUICE_TLS_KEY_FILE"),
-    "LOG_CONTENT": envbool("SLUICE_LOG_CONTENT", False),
-    "AUDIT_QUEUE_SIZE": envint("SLUICE_AUDIT_QUEUE_SIZE", 10_000, minimum=1),
-    # Served gateway: audit rows are built and stored by a child process.
-    "AUDIT_PROCESS": envbool("SLUICE_AUDIT_PROCESS", True),
-    # Served gateway: objects allocated (net) between two young garbage collections.
-    "GC_YOUNG_THRESHOLD": envint("SLUICE_GC_YOUNG_THRESHOLD", 10_000, minimum=1),
-}
+# Typed constants, read once from the environment (see the env* helpers).
+# Requests
+SLUICE_MAX_REQUEST_BYTES = envint("SLUICE_MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024)
+SLUICE_TOKEN_CACHE_SECONDS = envfloat("SLUICE_TOKEN_CACHE_SECONDS", 30.0, minimum=0)
+SLUICE_CONFIG_CACHE_SECONDS = envfloat("SLUICE_CONFIG_CACHE_SECONDS", 5.0, minimum=0)
+SLUICE_TICKET_SECONDS = envint("SLUICE_TICKET_SECONDS", 120, minimum=5)
+# Streams
+SLUICE_STREAM_ABANDON_SECONDS = envfloat("SLUICE_STREAM_ABANDON_SECONDS", 60.0, minimum=0.1)
+SLUICE_STREAM_TTL_SECONDS = envint("SLUICE_STREAM_TTL_SECONDS", 600, minimum=1)
+SLUICE_STREAM_MAX_EVENTS = envint("SLUICE_STREAM_MAX_EVENTS", 100_000, minimum=10)
+SLUICE_STREAM_MAX_BYTES = envint("SLUICE_STREAM_MAX_BYTES", 32 * 1024 * 1024, minimum=1024)
+SLUICE_SSE_KEEPALIVE_SECONDS = envfloat("SLUICE_SSE_KEEPALIVE_SECONDS", 15.0, minimum=0.05)
+SLUICE_SSE_RETRY_MS = envint("SLUICE_SSE_RETRY_MS", 1000, minimum=0)
+SLUICE_READER_BUFFER_BYTES = envint("SLUICE_READER_BUFFER_BYTES", 256 * 1024, minimum=1024)
+SLUICE_READER_STALL_SECONDS = envfloat("SLUICE_READER_STALL_SECONDS", 30.0, minimum=0.1)
+SLUICE_REDIS_BATCH_SECONDS = envfloat("SLUICE_REDIS_BATCH_SECONDS", 0.02, minimum=0)
+# Upstreams
+SLUICE_UPSTREAM_CONNECT_TIMEOUT = envfloat("SLUICE_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.01)
+SLUICE_UPSTREAM_MAX_CONNECTIONS = envint("SLUICE_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
+SLUICE_BREAKER_FAILURES = envint("SLUICE_BREAKER_FAILURES", 5, minimum=1)
+SLUICE_BREAKER_COOLDOWN_SECONDS = envfloat("SLUICE_BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.1)
+SLUICE_DEMO_TOKEN_DELAY = envfloat("SLUICE_DEMO_TOKEN_DELAY", 0.03, minimum=0)
+# Metrics
+SLUICE_METRICS_TOKEN = envstr("SLUICE_METRICS_TOKEN")
+SLUICE_METRICS_ALLOWED_NETWORKS = envlist("SLUICE_METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+# TLS for the production server
+SLUICE_TLS_CERT_FILE = envstr("SLUICE_TLS_CERT_FILE")
+SLUICE_TLS_KEY_FILE = envstr("SLUICE_TLS_KEY_FILE")
+SLUICE_LOG_CONTENT = envbool("SLUICE_LOG_CONTENT", False)
+SLUICE_AUDIT_QUEUE_SIZE = envint("SLUICE_AUDIT_QUEUE_SIZE", 10_000, minimum=1)
+# Served gateway: audit rows are built and stored by a child process.
+SLUICE_AUDIT_PROCESS = envbool("SLUICE_AUDIT_PROCESS", True)
+# Served gateway: objects allocated (net) between two young garbage collections.
+SLUICE_GC_YOUNG_THRESHOLD = envint("SLUICE_GC_YOUNG_THRESHOLD", 10_000, minimum=1)
 
 # --- The network edge -------------------------------------------------------
 # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (CIDRs). None
@@ -230,10 +228,10 @@ if LOG_FORMAT not in ("text", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "streaming.logging.ContextFilter"}},
+    "filters": {"context": {"()": "streaming.observability.logging.ContextFilter"}},
     "formatters": {
-        "text": {"()": "streaming.logging.TextFormatter"},
-        "json": {"()": "streaming.logging.JsonFormatter"},
+        "text": {"()": "streaming.observability.logging.TextFormatter"},
+        "json": {"()": "streaming.observability.logging.JsonFormatter"},
     },
     "handlers": {
         "console": {

@@ -10,9 +10,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import include, path, re_path
 
 from accounts.views import admin_login, token
-from streaming.health import healthz, readyz
-from streaming.metrics_export import metrics_view
+from streaming.observability.export import metrics_view
 from streaming.pages import eventsource_page, favicon, landing_page
+from streaming.transports.health import healthz, readyz
 
 
 def static_file(request: HttpRequest, path: str) -> HttpResponse:

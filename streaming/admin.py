@@ -2,7 +2,7 @@
 
 Every save clears the route cache (streaming.signals), so a change applies to
 the next request, on every instance when Redis is configured. Circuit
-breaker state is read from streaming.breaker for display.
+breaker state is read from streaming.routing.breaker for display.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html_join
 
 from streaming import crypto
-from streaming.breaker import CLOSED, CircuitView, circuit_views, reset_circuits
 from streaming.models import (
     ModelRoute,
     Provider,
@@ -33,7 +32,8 @@ from streaming.models import (
     default_retry_same_target_on,
 )
 from streaming.providers import UpstreamError, UpstreamTarget, adapter_for
-from streaming.router import probe_target
+from streaming.routing.breaker import CLOSED, CircuitView, circuit_views, reset_circuits
+from streaming.routing.fallback import probe_target
 
 admin.site.site_header = "Sluice administration"
 admin.site.site_title = "Sluice"

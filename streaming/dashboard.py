@@ -1,7 +1,7 @@
 """Staff pages in the admin: the live dashboard and the playground.
 
 The dashboard page draws itself from ``dashboard_feed``, a Server-Sent Events
-stream of the deployment's snapshot once a second (streaming.livestats).
+stream of the deployment's snapshot once a second (streaming.observability.livestats).
 The playground runs prompts through the public streaming API exactly as an
 app's browser code would: with a short-lived ticket, never a token. It
 streams only as its own app (``sluice-playground``), for staff holding
@@ -34,8 +34,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.services import PLAYGROUND_APP, USE_PLAYGROUND, playground_app_ensure
 from accounts.tickets import issue_playground_ticket
-from streaming import livestats
 from streaming.models import ModelRoute
+from streaming.observability import livestats
 
 FEED_SECONDS = 600  # then the browser's EventSource reconnects: no connection lives forever
 
@@ -95,7 +95,7 @@ def playground_page(request: HttpRequest) -> HttpResponse:
         "routes": list(routes.values_list("model", flat=True)),
         "playgroundApp": PLAYGROUND_APP,
         "ticketUrl": reverse("sluice:playground-ticket"),
-        "ticketSeconds": settings.SLUICE["TICKET_SECONDS"],
+        "ticketSeconds": settings.SLUICE_TICKET_SECONDS,
     }
     return _page(request, "sluice/playground.html", "Playground", config=config)
 
@@ -111,6 +111,6 @@ def playground_ticket(request: HttpRequest) -> HttpResponse:
     user_id = user.pk
     assert user_id is not None  # staff_member_required: a logged-in user
     ticket = issue_playground_ticket(user_id=user_id, username=user.get_username(), purpose="chat")
-    expires_at = int(time.time()) + settings.SLUICE["TICKET_SECONDS"]
+    expires_at = int(time.time()) + settings.SLUICE_TICKET_SECONDS
     app_id = playground_app_ensure()
     return JsonResponse({"ticket": ticket, "app_id": app_id, "expires_at": expires_at})

@@ -10,7 +10,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 
 from streaming import crypto
-from streaming.upstream_hosts import metadata_host
+from streaming.providers.hosts import metadata_host
 
 
 class Provider(models.Model):

@@ -7,7 +7,7 @@ from typing import Any
 from django.db.models.signals import post_delete, post_save
 
 from streaming.models import ModelRoute, Provider, RouteTarget
-from streaming.routes import invalidate_routes
+from streaming.routing.routes import invalidate_routes
 
 
 def _config_changed(sender: type, **kwargs: Any) -> None:

@@ -19,8 +19,8 @@ from streaming.providers.base import (
     UpstreamTarget,
     post_event_stream,
 )
+from streaming.providers.pool import UpstreamPool
 from streaming.providers.sse import SSEDecoder
-from streaming.upstream import UpstreamPool
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096

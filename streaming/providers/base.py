@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
+from streaming.providers.pool import UpstreamPool, UpstreamResponse
 from streaming.providers.scrub import Scrubber
-from streaming.upstream import UpstreamPool, UpstreamResponse
 
 
 @dataclass(frozen=True, slots=True)

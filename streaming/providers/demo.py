@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 
 from streaming.providers.base import ChatRequest, ProviderAdapter, UpstreamTarget
-from streaming.upstream import UpstreamPool
+from streaming.providers.pool import UpstreamPool
 
 ANSWER = (
     'You asked: "{prompt}". This is the Sluice demo provider, so no model was '
@@ -67,7 +67,7 @@ class DemoAdapter(ProviderAdapter):
     async def stream(
         self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
-        delay = float(target.params.get("delay", settings.SLUICE.get("DEMO_TOKEN_DELAY", 0.03)))
+        delay = float(target.params.get("delay", settings.SLUICE_DEMO_TOKEN_DELAY))
         count = target.params.get("tokens")
         tokens = demo_tokens(request.messages, int(count) if count is not None else None)
         yield _chunk({"role": "assistant", "content": ""})

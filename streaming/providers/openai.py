@@ -14,8 +14,8 @@ from streaming.providers.base import (
     UpstreamTarget,
     post_event_stream,
 )
+from streaming.providers.pool import UpstreamPool
 from streaming.providers.sse import SSEDecoder
-from streaming.upstream import UpstreamPool
 
 
 def build_body(target: UpstreamTarget, request: ChatRequest) -> dict[str, Any]:

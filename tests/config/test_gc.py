@@ -36,7 +36,8 @@ def test_settle_gc_freezes_what_is_loaded_and_makes_young_collections_rarer() ->
 @pytest.mark.usefixtures("restored_gc")
 def test_the_served_gateway_starts_with_the_configured_threshold(settings: Any) -> None:
     # The lifespan is what uvicorn runs at start-up: SLUICE_GC_YOUNG_THRESHOLD takes effect there.
-    settings.SLUICE = {**settings.SLUICE, "GC_YOUNG_THRESHOLD": 23_456, "AUDIT_PROCESS": False}
+    settings.SLUICE_GC_YOUNG_THRESHOLD = 23_456
+    settings.SLUICE_AUDIT_PROCESS = False
 
     async def start() -> list[str]:
         sent: list[str] = []

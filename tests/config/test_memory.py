@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 # block of a megabyte in the heap, which glibc hands out before mapping anything.
 PROBE = """
 import ctypes, ctypes.util, sys
-from streaming import memory
+from streaming.core import memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

@@ -7,7 +7,7 @@ import pytest
 
 from streaming.config_io import ConfigError, config_import
 from streaming.models import Provider
-from streaming.upstream_hosts import metadata_host
+from streaming.providers.hosts import metadata_host
 from tests.conftest import unique
 
 METADATA_URLS = [

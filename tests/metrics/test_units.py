@@ -8,8 +8,9 @@ import logging
 
 import pytest
 
-from streaming import livestats
-from streaming.logging import (
+from streaming.observability import livestats
+from streaming.observability.export import metrics_allowed
+from streaming.observability.logging import (
     ContextFilter,
     JsonFormatter,
     TextFormatter,
@@ -17,7 +18,6 @@ from streaming.logging import (
     request_id,
     warn_throttled,
 )
-from streaming.metrics_export import metrics_allowed
 
 
 def record(message: str, **fields: object) -> logging.LogRecord:
@@ -54,11 +54,8 @@ def test_request_ids_from_clients_are_kept_only_when_plain(given: bytes, kept: b
 
 
 def test_metrics_access(settings) -> None:
-    settings.SLUICE = {
-        **settings.SLUICE,
-        "METRICS_TOKEN": "tok",
-        "METRICS_ALLOWED_NETWORKS": ["10.1.0.0/16", "::1/128"],
-    }
+    settings.SLUICE_METRICS_TOKEN = "tok"
+    settings.SLUICE_METRICS_ALLOWED_NETWORKS = ["10.1.0.0/16", "::1/128"]
     assert metrics_allowed("10.1.2.3", None)
     assert metrics_allowed("::1", None)
     assert not metrics_allowed("127.0.0.1", None)

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from streaming.upstream import UpstreamPool, close_upstream_pool, upstream_pool
+from streaming.providers.pool import UpstreamPool, close_upstream_pool, upstream_pool
 from tests.fakes import FakeUpstream
 
 

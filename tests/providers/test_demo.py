@@ -53,7 +53,7 @@ def test_token_count_can_exceed_the_canned_answer() -> None:
     assert all(token.startswith(" ") for token in tokens[1:])
 
 
-@override_settings(SLUICE={"DEMO_TOKEN_DELAY": 0.5})
+@override_settings(SLUICE_DEMO_TOKEN_DELAY=0.5)
 async def test_paced_by_the_setting_and_cancellable(client) -> None:
     stream = adapter.stream(client, UpstreamTarget("demo", "demo", "", "demo"), chat())
     await anext(stream)  # the role chunk comes at once

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.breaker import RedisBreakers, target_key
-from streaming.redis_log import close_redis_clients
+from streaming.core.redis_log import close_redis_clients
+from streaming.routing.breaker import RedisBreakers, target_key
 from tests.conftest import unique
 
 
 @pytest.fixture
 def boards(settings, redis_url):
     settings.REDIS_URL = redis_url
-    settings.SLUICE = {**settings.SLUICE, "BREAKER_FAILURES": 2, "BREAKER_COOLDOWN_SECONDS": 5}
+    settings.SLUICE_BREAKER_FAILURES = 2
+    settings.SLUICE_BREAKER_COOLDOWN_SECONDS = 5
     now = [1000.0]
     pair = RedisBreakers(), RedisBreakers()
     for board in pair:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streaming import breaker
-from streaming.breaker import (
+from streaming.routing.breaker import (
     CLOSED,
     HALF_OPEN,
     OPEN,
@@ -17,6 +16,7 @@ from streaming.breaker import (
     on_success,
     status,
 )
+from streaming.transports.asgi import breaker
 
 CONFIG = BreakerConfig(failures=3, cooldown=10.0)
 
@@ -71,7 +71,8 @@ def test_a_lost_probe_expires():
 
 @pytest.fixture
 def clock(monkeypatch, settings):
-    settings.SLUICE = {**settings.SLUICE, "BREAKER_FAILURES": 2, "BREAKER_COOLDOWN_SECONDS": 5}
+    settings.SLUICE_BREAKER_FAILURES = 2
+    settings.SLUICE_BREAKER_COOLDOWN_SECONDS = 5
     settings.REDIS_URL = ""  # the in-process board (CI runs with Redis configured)
     now = [1000.0]
     board = MemoryBreakers()

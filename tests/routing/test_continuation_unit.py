@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaming.continuation import (
+from streaming.providers import ChatRequest
+from streaming.routing.continuation import (
     CONTINUE_INSTRUCTION,
     ContinuationFilter,
     OverlapTrimmer,
     StreamProgress,
     continuation_request,
 )
-from streaming.providers import ChatRequest
 
 
 def trim(partial: str, tokens: list[str]) -> str:

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from streaming.continuation import CONTINUE_INSTRUCTION
+from streaming.routing.continuation import CONTINUE_INSTRUCTION
 from tests.conftest import unique, wait_for_audit
 from tests.fakes.upstream import refused_base_url
 from tests.routing.conftest import HELLO, attempts, ws_chat, ws_text

@@ -9,8 +9,8 @@ import pytest
 
 from streaming.models import RetryOn
 from streaming.providers import UpstreamError, UpstreamTarget
-from streaming.router import FAILURE_KINDS, backoff_delay, plan_attempts, weighted_order
-from streaming.routes import ResolvedRoute, RoutePolicy, TargetChoice
+from streaming.routing.fallback import FAILURE_KINDS, backoff_delay, plan_attempts, weighted_order
+from streaming.routing.routes import ResolvedRoute, RoutePolicy, TargetChoice
 
 
 def choice(name: str, priority: int = 0, weight: int = 1) -> TargetChoice:

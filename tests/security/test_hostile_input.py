@@ -1,6 +1,6 @@
 """Hostile input never costs an audit record or a 500 (issue 18, holes 3 and 4).
 
-Every transport applies the same input rules (streaming.schema); text may
+Every transport applies the same input rules (streaming.transports.schema); text may
 hold any Unicode JSON carries, and what PostgreSQL cannot store is stored
 escaped.
 """

@@ -15,8 +15,8 @@ import tracemalloc
 import httpx
 import pytest
 
-from streaming import finished
-from streaming.log import CHUNK, END, LogLimits, MemoryStreamLog
+from streaming.core import finished
+from streaming.core.log import CHUNK, END, LogLimits, MemoryStreamLog
 from tests.live import GatewayServer, server_env
 from tests.streams.clients import Progress, read_sse
 

@@ -13,9 +13,9 @@ import tracemalloc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaming import wire
-from streaming.log import CHUNK, END, FRAMING_BYTES, LogLimits, MemoryStreamLog
-from streaming.reader import follow
+from streaming.core.log import CHUNK, END, FRAMING_BYTES, LogLimits, MemoryStreamLog
+from streaming.core.reader import follow
+from streaming.transports import wire
 
 LIMITS = LogLimits.shared(1_000_000, 1 << 30)
 

@@ -17,11 +17,11 @@ from asgiref.sync import sync_to_async
 from accounts.identity import AppIdentity
 from audit.models import AuditRecord
 from audit.writer import audit_flush
-from streaming.log import END
+from streaming.core.log import END
+from streaming.core.session import StreamSession
 from streaming.providers import ChatRequest, UpstreamTarget
-from streaming.routes import ResolvedRoute, RoutePolicy, TargetChoice
-from streaming.session import StreamSession
-from streaming.upstream import close_upstream_pool
+from streaming.providers.pool import close_upstream_pool
+from streaming.routing.routes import ResolvedRoute, RoutePolicy, TargetChoice
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

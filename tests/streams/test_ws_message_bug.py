@@ -16,8 +16,8 @@ from channels.testing import WebsocketCommunicator
 
 from audit.writer import audit_flush
 from gateway.asgi import application
-from streaming import consumers
-from streaming.upstream import close_upstream_pool
+from streaming.providers.pool import close_upstream_pool
+from streaming.transports import websocket as consumers
 from tests.conftest import wait_for_audit
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]

@@ -23,8 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--log-level", default="info")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        conf = settings.SLUICE
-        cert, key = conf["TLS_CERT_FILE"], conf["TLS_KEY_FILE"]
+        cert, key = settings.SLUICE_TLS_CERT_FILE, settings.SLUICE_TLS_KEY_FILE
         if bool(cert) != bool(key):
             raise CommandError("set both SLUICE_TLS_CERT_FILE and SLUICE_TLS_KEY_FILE, or neither")
         uvicorn.run(
@@ -33,8 +32,8 @@ class Command(BaseCommand):
             port=options["port"],
             workers=options["workers"],
             loop="uvloop",
-            http="streaming.connections:GuardedHttpProtocol",
-            ws="streaming.connections:GuardedWebSocketProtocol",
+            http="streaming.transports.connections:GuardedHttpProtocol",
+            ws="streaming.transports.connections:GuardedWebSocketProtocol",
             lifespan="on",
             log_level=options["log_level"],
             access_log=False,

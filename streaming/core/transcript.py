@@ -13,7 +13,7 @@ class TextPieces:
 
     Every ``PIECES_PER_BLOCK`` pieces are joined into one string: thousands of
     small string objects would share the allocator's arenas with long-lived
-    objects and keep a long stream's memory from the OS (see streaming.log).
+    objects and keep a long stream's memory from the OS (see streaming.core.log).
     """
 
     PIECES_PER_BLOCK = 256

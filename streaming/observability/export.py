@@ -104,8 +104,7 @@ def _networks(spec: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.
 
 def metrics_allowed(client_ip: str | None, authorization: str | None) -> bool:
     """From an allowed network, or with ``Authorization: Bearer <SLUICE_METRICS_TOKEN>``."""
-    conf = settings.SLUICE
-    token = conf["METRICS_TOKEN"]
+    token = settings.SLUICE_METRICS_TOKEN
     if token and authorization:
         scheme, _, given = authorization.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
@@ -116,7 +115,7 @@ def metrics_allowed(client_ip: str | None, authorization: str | None) -> bool:
         address = ipaddress.ip_address(client_ip)
     except ValueError:
         return False
-    return any(address in net for net in _networks(tuple(conf["METRICS_ALLOWED_NETWORKS"])))
+    return any(address in net for net in _networks(tuple(settings.SLUICE_METRICS_ALLOWED_NETWORKS)))
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

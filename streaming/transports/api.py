@@ -17,15 +17,22 @@ from django.conf import settings
 from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
 from accounts.tickets import issue_ticket
-from streaming import metrics, wire
-from streaming.asgi_http import ApiRequest, JsonResponse, StreamResponse, endpoint, wait_disconnect
-from streaming.errors import ApiError
-from streaming.log import ERROR, Entry
+from streaming.core.log import ERROR, Entry
+from streaming.core.session import StreamSession
+from streaming.observability import metrics
 from streaming.providers import ChatRequest
-from streaming.routes import ResolvedRoute, resolve_route, route_names
-from streaming.schema import parse_chat_request, parse_json_body
-from streaming.session import StreamSession
-from streaming.streams import StreamHandle, check_cursor, find_stream, request_cancel
+from streaming.routing.routes import ResolvedRoute, resolve_route, route_names
+from streaming.transports import wire
+from streaming.transports.errors import ApiError
+from streaming.transports.http import (
+    ApiRequest,
+    JsonResponse,
+    StreamResponse,
+    endpoint,
+    wait_disconnect,
+)
+from streaming.transports.schema import parse_chat_request, parse_json_body
+from streaming.transports.streams import StreamHandle, check_cursor, find_stream, request_cancel
 
 SSE = b"text/event-stream; charset=utf-8"
 NDJSON = b"application/x-ndjson"
@@ -81,7 +88,7 @@ async def _body(
     keepalive: bytes | None = None,
     resumed: bool = False,
 ) -> AsyncIterator[bytes]:
-    interval = settings.SLUICE["SSE_KEEPALIVE_SECONDS"] if keepalive else None
+    interval = settings.SLUICE_SSE_KEEPALIVE_SECONDS if keepalive else None
     async for batch in handle.follow(cursor, resumed=resumed, keepalive=interval):
         if batch is None:
             yield keepalive or b""
@@ -130,7 +137,7 @@ def _stream_response(
         return StreamResponse(
             body, TEXT, headers=headers, identity=identity, farewell=wire.text_farewell
         )
-    preamble = wire.sse_preamble(settings.SLUICE["SSE_RETRY_MS"])
+    preamble = wire.sse_preamble(settings.SLUICE_SSE_RETRY_MS)
     body = _body(
         handle,
         cursor,
@@ -310,7 +317,7 @@ async def chat_stream_get(request: ApiRequest) -> JsonResponse | StreamResponse:
 
 async def create_ticket(request: ApiRequest) -> JsonResponse:
     identity = await _identity(request)
-    ttl = settings.SLUICE["TICKET_SECONDS"]
+    ttl = settings.SLUICE_TICKET_SECONDS
     return JsonResponse(
         {
             "ticket": issue_ticket(identity, purpose="chat"),

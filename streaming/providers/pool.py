@@ -66,12 +66,11 @@ class UpstreamPool:
     """Keep-alive connections to the upstreams, with the gateway's limits and timeouts."""
 
     def __init__(self) -> None:
-        conf = settings.SLUICE
-        connect = conf["UPSTREAM_CONNECT_TIMEOUT"]
+        connect = settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=conf["UPSTREAM_MAX_CONNECTIONS"], keepalive_timeout=30.0
+                limit=settings.SLUICE_UPSTREAM_MAX_CONNECTIONS, keepalive_timeout=30.0
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from streaming.core.transcript import TextPieces
 from streaming.providers import ChatRequest
-from streaming.transcript import TextPieces
 
 CONTINUE_INSTRUCTION = (
     "Your previous answer was cut off. Continue exactly where you stopped, "

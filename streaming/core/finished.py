@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from streaming import memory
-from streaming.log import Entry, MemoryStreamLog
-from streaming.reader import follow
+from streaming.core import memory
+from streaming.core.log import Entry, MemoryStreamLog
+from streaming.core.reader import follow
 
 
 @dataclass(slots=True, eq=False)
@@ -49,7 +49,7 @@ class EndedStream:
     async def follow(
         self, cursor: int, *, resumed: bool, keepalive: float | None = None
     ) -> AsyncIterator[Sequence[Entry] | None]:
-        buffer_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
+        buffer_bytes = settings.SLUICE_READER_BUFFER_BYTES
         async for batch in follow(self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive):
             yield batch
 

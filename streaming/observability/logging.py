@@ -120,7 +120,7 @@ def _text_value(value: Any) -> str:
 
 def stream_end_fields(session: Any) -> dict[str, Any]:
     """The fields of the one line logged when a stream ends (content only if
-    SLUICE["LOG_CONTENT"])."""
+    SLUICE_LOG_CONTENT)."""
     audit = session.audit
     attempts = audit.attempts
     answered = next((a for a in reversed(attempts) if a.first_token_at is not None), None)
@@ -146,7 +146,7 @@ def stream_end_fields(session: Any) -> dict[str, Any]:
         "resumes": audit.resumes,
         "finish_reason": audit.finish_reason or None,
     }
-    if settings.SLUICE["LOG_CONTENT"]:
+    if settings.SLUICE_LOG_CONTENT:
         fields["prompt"] = audit.request_messages
         fields["response"] = audit.response_text
     return fields

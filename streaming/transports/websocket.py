@@ -27,15 +27,16 @@ from django.conf import settings
 from accounts import revocation
 from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
-from streaming import metrics, wire
-from streaming.errors import ApiError
-from streaming.log import CursorTrimmed
-from streaming.logging import bind, request_id
-from streaming.reader import UNREADABLE, SendWatch
-from streaming.routes import resolve_route
-from streaming.schema import check_depth, parse_chat_request
-from streaming.session import StreamSession
-from streaming.streams import StreamHandle, check_cursor, find_stream, request_cancel
+from streaming.core.log import CursorTrimmed
+from streaming.core.reader import UNREADABLE, SendWatch
+from streaming.core.session import StreamSession
+from streaming.observability import metrics
+from streaming.observability.logging import bind, request_id
+from streaming.routing.routes import resolve_route
+from streaming.transports import wire
+from streaming.transports.errors import ApiError
+from streaming.transports.schema import check_depth, parse_chat_request
+from streaming.transports.streams import StreamHandle, check_cursor, find_stream, request_cancel
 
 logger = logging.getLogger("sluice.ws")
 
@@ -233,7 +234,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def _relay(self, handle: StreamHandle, cursor: int, resumed: bool) -> None:
         # A socket that cannot take a batch for READER_STALL_SECONDS is cut; it can resume.
-        watch = SendWatch(settings.SLUICE["READER_STALL_SECONDS"])
+        watch = SendWatch(settings.SLUICE_READER_STALL_SECONDS)
         try:
             with metrics.ReaderTracker("ws", handle, cursor, resumed=resumed) as reader:
                 try:

@@ -15,9 +15,9 @@ from typing import Any
 
 from django.urls import URLPattern, path
 
-from streaming import api
-from streaming.asgi_http import Receive, Scope, Send, unknown_url
-from streaming.consumers import StreamConsumer
+from streaming.transports import api
+from streaming.transports.http import Receive, Scope, Send, unknown_url
+from streaming.transports.websocket import StreamConsumer
 
 EXACT = {
     "/v1/chat/completions": api.chat_completions_app,

@@ -3,7 +3,7 @@
 Every transport reads through ``follow``, and cuts off a client whose sends
 stall with ``SendWatch``. A reader that falls behind gets the events it
 missed in one larger batch, so it holds no queue of its own: what it holds
-is bounded by SLUICE["READER_BUFFER_BYTES"] (see ``follow``).
+is bounded by SLUICE_READER_BUFFER_BYTES (see ``follow``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from redis.exceptions import RedisError
 
-from streaming.log import CursorTrimmed, Entry, MemoryStreamLog
+from streaming.core.log import CursorTrimmed, Entry, MemoryStreamLog
 
 # What a reader's follow raises when the rest of its stream cannot be read:
 # the log expired under a reader on another instance, or Redis failed. The

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from redis.exceptions import RedisError
 
 from accounts.identity import AppIdentity
-from streaming.errors import ApiError
-from streaming.finished import EndedStream
-from streaming.log import CursorTrimmed
-from streaming.redis_log import RemoteStream, redis_enabled
-from streaming.session import StreamSession, get_session
+from streaming.core.finished import EndedStream
+from streaming.core.log import CursorTrimmed
+from streaming.core.redis_log import RemoteStream, redis_enabled
+from streaming.core.session import StreamSession, get_session
+from streaming.transports.errors import ApiError
 
 StreamHandle = StreamSession | EndedStream | RemoteStream
 

@@ -1,7 +1,7 @@
 """Circuit breakers, one per provider target (provider + upstream model).
 
-After SLUICE["BREAKER_FAILURES"] consecutive failures a target's circuit
-opens: the router skips it for SLUICE["BREAKER_COOLDOWN_SECONDS"]. Then it is
+After SLUICE_BREAKER_FAILURES consecutive failures a target's circuit
+opens: the router skips it for SLUICE_BREAKER_COOLDOWN_SECONDS. Then it is
 half-open: one request (the probe) goes through; its first token closes the
 circuit, its failure opens it again for another cooldown.
 
@@ -25,7 +25,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from streaming.logging import warn_throttled
+from streaming.observability.logging import warn_throttled
 from streaming.providers.base import TARGET_FAILURES, UpstreamTarget
 
 logger = logging.getLogger("sluice.breaker")
@@ -52,10 +52,9 @@ class BreakerConfig:
 
 
 def breaker_config() -> BreakerConfig:
-    conf = settings.SLUICE
     return BreakerConfig(
-        failures=int(conf.get("BREAKER_FAILURES", 5)),
-        cooldown=float(conf.get("BREAKER_COOLDOWN_SECONDS", 30.0)),
+        failures=int(settings.SLUICE_BREAKER_FAILURES),
+        cooldown=float(settings.SLUICE_BREAKER_COOLDOWN_SECONDS),
     )
 
 
@@ -199,7 +198,7 @@ class RedisBreakers:
         self.clock = time.time
 
     def _client(self) -> aioredis.Redis:
-        from streaming.redis_log import redis_client
+        from streaming.core.redis_log import redis_client
 
         return redis_client()
 

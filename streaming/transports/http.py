@@ -25,10 +25,10 @@ from django.conf import settings
 
 from accounts import revocation
 from accounts.identity import AppIdentity
-from streaming.errors import ApiError
-from streaming.log import CursorTrimmed
-from streaming.logging import bind, request_id
-from streaming.reader import UNREADABLE, SendWatch
+from streaming.core.log import CursorTrimmed
+from streaming.core.reader import UNREADABLE, SendWatch
+from streaming.observability.logging import bind, request_id
+from streaming.transports.errors import ApiError
 
 logger = logging.getLogger("sluice.http")
 
@@ -169,7 +169,7 @@ class StreamResponse:
         last = self.farewell(error.body()) if self.farewell is not None else b""
         try:
             # A client that does not read its last words is cut off like any stalled reader.
-            limit = settings.SLUICE["READER_STALL_SECONDS"]
+            limit = settings.SLUICE_READER_STALL_SECONDS
             await asyncio.wait_for(
                 send({"type": "http.response.body", "body": last, "more_body": False}), limit
             )
@@ -180,7 +180,7 @@ class StreamResponse:
 
     async def _pump(self, send: Send) -> None:
         # A reader that cannot take data for READER_STALL_SECONDS is cut off; it can resume.
-        watch = SendWatch(settings.SLUICE["READER_STALL_SECONDS"])
+        watch = SendWatch(settings.SLUICE_READER_STALL_SECONDS)
         body = self.body
         try:
             async for data in body:
@@ -316,7 +316,7 @@ def endpoint(methods: dict[str, Handler]) -> Callable[[Scope, Receive, Send], Aw
                 raise ApiError(
                     405, f"method {scope['method']} not allowed", headers={"Allow": allowed}
                 )
-            limit = settings.SLUICE["MAX_REQUEST_BYTES"]
+            limit = settings.SLUICE_MAX_REQUEST_BYTES
             body = await _read_body(receive, limit) if scope["method"] in ("POST", "PUT") else b""
             response = await handler(_build_request(scope, body, receive))
         except ApiError as error:

@@ -35,7 +35,7 @@ from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from streaming import metrics
+from streaming.observability import metrics
 
 logger = logging.getLogger("sluice.connections")
 

@@ -2,7 +2,7 @@
 
 The producing instance keeps serving its own readers from memory; a
 ``RedisMirror`` copies the log to a Redis Stream in small batches, off the
-hot path (one pipeline every SLUICE["REDIS_BATCH_SECONDS"], never one round
+hot path (one pipeline every SLUICE_REDIS_BATCH_SECONDS, never one round
 trip per token). Entry ids are ``<seq>-0``, so a reader's cursor is a Redis
 stream id. A ``RemoteStream`` is the view of a stream produced elsewhere:
 replay with XRANGE, then follow with a blocking XREAD on its own connection
@@ -26,8 +26,8 @@ from typing import Any
 import redis.asyncio as redis
 from django.conf import settings
 
-from streaming.log import END, CursorTrimmed, Entry, MemoryStreamLog
-from streaming.logging import warn_throttled
+from streaming.core.log import END, CursorTrimmed, Entry, MemoryStreamLog
+from streaming.observability.logging import warn_throttled
 
 logger = logging.getLogger("sluice.redis")
 
@@ -56,7 +56,7 @@ def redis_client(purpose: str = "default") -> redis.Redis:
     if client is None:
         url = settings.REDIS_URL
         if purpose == "blocking":
-            timeout = max(settings.SLUICE["SSE_KEEPALIVE_SECONDS"], FOLLOW_BLOCK_SECONDS) + 5.0
+            timeout = max(settings.SLUICE_SSE_KEEPALIVE_SECONDS, FOLLOW_BLOCK_SECONDS) + 5.0
             client = redis.Redis.from_url(url, max_connections=1000, socket_timeout=timeout)
         else:
             client = redis.Redis.from_url(url, max_connections=50)
@@ -94,20 +94,19 @@ class RedisMirror:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        conf = settings.SLUICE
         _, meta_key, _ = _keys(self.stream_id)
         client = redis_client()
         mirrored = 0
         try:
             # Running streams keep their keys; the TTL starts when they end.
-            running_ttl = int(conf["STREAM_ABANDON_SECONDS"]) + 24 * 3600
+            running_ttl = int(settings.SLUICE_STREAM_ABANDON_SECONDS) + 24 * 3600
             await client.hset(
                 meta_key, mapping={"app_id": self.app_id, "model": self.model, "status": "running"}
             )
             await client.expire(meta_key, running_ttl)
             while True:
                 await self.log.wait_after(mirrored)
-                await asyncio.sleep(conf["REDIS_BATCH_SECONDS"])
+                await asyncio.sleep(settings.SLUICE_REDIS_BATCH_SECONDS)
                 batch = self.log.read_after(mirrored, 1 << 30)
                 mirrored = batch[-1][0]
                 ended = batch[-1][1] == END
@@ -123,7 +122,6 @@ class RedisMirror:
     async def _write(
         self, client: redis.Redis, batch: Sequence[Entry], ended: bool, ttl: int
     ) -> None:
-        conf = settings.SLUICE
         log_key, meta_key, _ = _keys(self.stream_id)
         async with client.pipeline(transaction=False) as pipe:
             for seq, kind, payload in batch:
@@ -131,13 +129,13 @@ class RedisMirror:
                     log_key,
                     {"k": kind, "d": payload},
                     id=f"{seq}-0",
-                    maxlen=conf["STREAM_MAX_EVENTS"],
+                    maxlen=settings.SLUICE_STREAM_MAX_EVENTS,
                     approximate=True,
                 )
             if ended:
                 pipe.hset(meta_key, "status", "done")
-                pipe.expire(meta_key, conf["STREAM_TTL_SECONDS"])
-                pipe.expire(log_key, conf["STREAM_TTL_SECONDS"])
+                pipe.expire(meta_key, settings.SLUICE_STREAM_TTL_SECONDS)
+                pipe.expire(log_key, settings.SLUICE_STREAM_TTL_SECONDS)
             else:
                 pipe.expire(log_key, ttl)
             await pipe.execute()
@@ -184,8 +182,8 @@ class RemoteStream:
         """
         log_key, meta_key, readers_key = _keys(self.id)
         client = redis_client("blocking")
-        max_batch_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
-        abandon = settings.SLUICE["STREAM_ABANDON_SECONDS"]
+        max_batch_bytes = settings.SLUICE_READER_BUFFER_BYTES
+        abandon = settings.SLUICE_STREAM_ABANDON_SECONDS
         # The reader's mark (below) lasts ``abandon`` seconds and is renewed
         # between reads: a read blocking longer let it lapse, and the instance
         # running the stream abandoned it with this reader still on it.

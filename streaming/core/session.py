@@ -3,7 +3,7 @@
 The session runs the upstream call as its own task and appends every chunk to
 its StreamLog. Clients attach and detach as readers; the generation goes on
 without them (the tokens are paid for) until it ends, is cancelled, or nobody
-has read it for SLUICE["STREAM_ABANDON_SECONDS"].
+has read it for SLUICE_STREAM_ABANDON_SECONDS.
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ from accounts import revocation
 from accounts.identity import AppIdentity
 from audit.records import AttemptEntry, AuditEntry
 from audit.writer import audit_submit
-from streaming import finished, metrics, redis_log
-from streaming.log import CHUNK, END, ERROR, Entry, LogLimits, MemoryStreamLog, StreamLogFull
-from streaming.logging import bind, stream_end_fields
+from streaming.core import finished, redis_log
+from streaming.core.log import CHUNK, END, ERROR, Entry, LogLimits, MemoryStreamLog, StreamLogFull
+from streaming.core.reader import follow
+from streaming.core.transcript import Transcript
+from streaming.observability import metrics
+from streaming.observability.logging import bind, stream_end_fields
 from streaming.providers import ChatRequest, UpstreamError
-from streaming.reader import follow
-from streaming.router import has_output, route_stream
-from streaming.routes import ResolvedRoute
-from streaming.transcript import Transcript
+from streaming.routing.fallback import has_output, route_stream
+from streaming.routing.routes import ResolvedRoute
 
 logger = logging.getLogger("sluice.stream")
 
-_sessions: dict[str, StreamSession] = {}  # running; finished ones are in streaming.finished
+_sessions: dict[str, StreamSession] = {}  # running; finished ones are in streaming.core.finished
 
 
 def new_stream_id() -> str:
@@ -66,13 +67,14 @@ class StreamSession:
         protocol: str,
         client_ip: str | None,
     ) -> None:
-        conf = settings.SLUICE
         self.id = new_stream_id()
         self.identity = identity
         self.request = request
         self.route = route
         self.created = int(time.time())
-        limits = LogLimits.shared(conf["STREAM_MAX_EVENTS"], conf["STREAM_MAX_BYTES"])
+        limits = LogLimits.shared(
+            settings.SLUICE_STREAM_MAX_EVENTS, settings.SLUICE_STREAM_MAX_BYTES
+        )
         self.log = MemoryStreamLog(limits)
         self.transcript = Transcript()
         self.error_status: int | None = None
@@ -164,7 +166,7 @@ class StreamSession:
         """Read the log from ``cursor`` as one attached reader (see reader.follow)."""
         self.attach(resumed=resumed)
         try:
-            buffer_bytes = settings.SLUICE["READER_BUFFER_BYTES"]
+            buffer_bytes = settings.SLUICE_READER_BUFFER_BYTES
             async for batch in follow(
                 self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive
             ):
@@ -174,7 +176,7 @@ class StreamSession:
 
     def _arm_abandon(self) -> None:
         if self.readers == 0 and not self.finished:
-            delay = settings.SLUICE["STREAM_ABANDON_SECONDS"]
+            delay = settings.SLUICE_STREAM_ABANDON_SECONDS
             loop = asyncio.get_running_loop()
             self._abandon = loop.call_later(delay, self._abandon_check)
 
@@ -332,7 +334,7 @@ class StreamSession:
         logger.info("stream end", extra={"fields": stream_end_fields(self)})
         # From now on, what resume needs is kept, not the whole session.
         _sessions.pop(self.id, None)
-        ttl = settings.SLUICE["STREAM_TTL_SECONDS"]
+        ttl = settings.SLUICE_STREAM_TTL_SECONDS
         finished.keep(self.id, self.app_id, audit.outcome, self.log, ttl)
         self._let_go()
 

@@ -3,7 +3,7 @@
 Plain functions with no I/O. Chunk payloads are already JSON, so encoders
 splice bytes instead of re-encoding per token. A batch of thousands of events
 is written into one growing buffer, not collected as pieces to join: the
-pieces took more memory than the result (see streaming.log.LogBatch).
+pieces took more memory than the result (see streaming.core.log.LogBatch).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from streaming.log import CHUNK, END, ERROR, Entry
+from streaming.core.log import CHUNK, END, ERROR, Entry
 
 
 def sse_event(seq: int, kind: int, payload: bytes) -> bytes:

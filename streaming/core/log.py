@@ -53,7 +53,7 @@ class MemoryStreamLog:
     One buffer, not an object per event: small objects share the allocator's
     arenas with everything else the process allocates, and a few long-lived
     neighbours kept an expired log's memory from ever going back to the OS
-    (see streaming.memory). Reads copy the payloads they return.
+    (see streaming.core.memory). Reads copy the payloads they return.
     """
 
     __slots__ = ("_data", "_ends", "_kinds", "_waiters", "ended", "limits")

@@ -15,7 +15,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from streaming.redis_log import redis_client, redis_enabled
+from streaming.core.redis_log import redis_client, redis_enabled
 
 CHECK_SECONDS = 2.0
 

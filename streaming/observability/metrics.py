@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from prometheus_client import Counter, Gauge, Histogram
 
-from streaming import livestats
-from streaming.reader import UNREADABLE
+from streaming.core.reader import UNREADABLE
+from streaming.observability import livestats
 
 if TYPE_CHECKING:
-    from streaming.session import StreamSession
+    from streaming.core.session import StreamSession
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -293,7 +293,7 @@ async def track_body(
     that long is the slow-client cut.
     """
     loop = asyncio.get_running_loop()
-    stall = settings.SLUICE["READER_STALL_SECONDS"]
+    stall = settings.SLUICE_READER_STALL_SECONDS
     tracker = ReaderTracker(transport, handle, cursor, resumed=resumed)
     handed_out = loop.time()
     try:

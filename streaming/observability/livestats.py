@@ -24,8 +24,8 @@ import orjson
 from django.conf import settings
 
 from audit.writer import audit_writer_stats
-from streaming.logging import warn_throttled
-from streaming.metrics_export import sync_multiprocess_audit
+from streaming.observability.export import sync_multiprocess_audit
+from streaming.observability.logging import warn_throttled
 
 logger = logging.getLogger("sluice.livestats")
 
@@ -119,7 +119,7 @@ class InstanceStats:
 
 
 def _active_sessions() -> list[Any]:
-    from streaming.session import active_sessions
+    from streaming.core.session import active_sessions
 
     return active_sessions()
 
@@ -174,7 +174,7 @@ def _tick(loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def _publish() -> None:
-    from streaming.redis_log import redis_client
+    from streaming.core.redis_log import redis_client
 
     try:
         async with asyncio.timeout(2.0):
@@ -197,7 +197,7 @@ async def deployment_snapshot() -> dict[str, Any]:
 
 
 async def _instance_snapshots() -> list[dict[str, Any]]:
-    from streaming.redis_log import redis_client
+    from streaming.core.redis_log import redis_client
 
     client = redis_client()
     async with asyncio.timeout(2.0):

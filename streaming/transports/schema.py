@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from streaming.errors import ApiError
 from streaming.providers import ChatRequest
+from streaming.transports.errors import ApiError
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 # Parameters passed on to the upstream as given; anything else is rejected so

@@ -6,7 +6,7 @@ also bumps a config version in Redis, and every instance reads that version
 at most every CONFIG_VERSION_CHECK_SECONDS (one GET, on the request path but
 never more than twice a second per process), so a change applies everywhere
 within about half a second. Without Redis, other processes pick changes up
-within SLUICE["CONFIG_CACHE_SECONDS"].
+within SLUICE_CONFIG_CACHE_SECONDS.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 
-from streaming.logging import warn_throttled
+from streaming.core.redis_log import redis_client
 from streaming.models import ModelRoute, default_retry_on, default_retry_same_target_on
+from streaming.observability.logging import warn_throttled
 from streaming.providers.base import UpstreamTarget
-from streaming.redis_log import redis_client
 
 logger = logging.getLogger("sluice.routes")
 
@@ -192,7 +192,7 @@ async def _load_and_cache(model: str) -> ResolvedRoute | None:
     if generation == _generation[0]:
         if len(_routes) > 10_000:
             _routes.clear()
-        _routes[model] = (time.monotonic() + settings.SLUICE["CONFIG_CACHE_SECONDS"], route)
+        _routes[model] = (time.monotonic() + settings.SLUICE_CONFIG_CACHE_SECONDS, route)
     return route
 
 
@@ -206,5 +206,5 @@ async def route_names() -> tuple[str, ...]:
     generation = _generation[0]
     names = await database_sync_to_async(_load_names)()
     if generation == _generation[0]:
-        _names[:] = [(now + settings.SLUICE["CONFIG_CACHE_SECONDS"], names)]
+        _names[:] = [(now + settings.SLUICE_CONFIG_CACHE_SECONDS, names)]
     return names

@@ -8,7 +8,7 @@ Before the client has seen any output, a failure the route's policy lists in
 ``retry_on`` is retried (with backoff, or the upstream's Retry-After) or
 fallen back over: the client only sees latency. Once text has gone out, a
 route that allows it continues on the next planned attempt (see
-streaming.continuation): the client's stream goes on, same id, same
+streaming.routing.continuation): the client's stream goes on, same id, same
 sequence. Never after a tool call started, nor without the route's consent:
 then the failure ends the stream as an error. Every attempt goes in the audit.
 """
@@ -24,7 +24,9 @@ from itertools import groupby
 from typing import Any
 
 from audit.records import AttemptEntry, AuditEntry
-from streaming.breaker import (
+from streaming.providers import ChatRequest, UpstreamError, UpstreamTarget, adapter_for
+from streaming.providers.pool import upstream_pool
+from streaming.routing.breaker import (
     CLOSED,
     breaker_config,
     breaker_key,
@@ -32,10 +34,8 @@ from streaming.breaker import (
     counts_as_failure,
     status,
 )
-from streaming.continuation import ContinuationFilter, StreamProgress, continuation_request
-from streaming.providers import ChatRequest, UpstreamError, UpstreamTarget, adapter_for
-from streaming.routes import ResolvedRoute, RoutePolicy, TargetChoice
-from streaming.upstream import upstream_pool
+from streaming.routing.continuation import ContinuationFilter, StreamProgress, continuation_request
+from streaming.routing.routes import ResolvedRoute, RoutePolicy, TargetChoice
 
 # Waiting longer than this for one target's Retry-After is worse than moving on.
 MAX_RETRY_AFTER = 30.0

@@ -1,0 +1,1 @@
+"""The stream core: sessions, the stream log (memory and Redis), readers, transcripts."""

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, live stats, structured logs."""

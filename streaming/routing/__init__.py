@@ -1,0 +1,1 @@
+"""Routing: routes, the fallback chain, retries, the circuit breaker, continuation."""

@@ -1,0 +1,2 @@
+"""Transports: ASGI routing, HTTP endpoints, the WebSocket consumer, request
+schemas, wire encoders."""
