@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from streaming.routing import breaker
 from streaming.routing.breaker import (
     CLOSED,
     HALF_OPEN,
@@ -16,7 +17,6 @@ from streaming.routing.breaker import (
     on_success,
     status,
 )
-from streaming.transports.asgi import breaker
 
 CONFIG = BreakerConfig(failures=3, cooldown=10.0)
 
