@@ -19,10 +19,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+import orjson
 from django.conf import settings
 
 from streaming.core import memory
-from streaming.core.log import Entry, MemoryStreamLog
+from streaming.core.events import START, Entry
+from streaming.core.log import MemoryStreamLog
 from streaming.core.reader import follow
 
 
@@ -32,12 +34,26 @@ class EndedStream:
 
     id: str
     app_id: int
+    created: int
     log: MemoryStreamLog
-    outcome: str  # for readers' close reason (metrics.end_reason)
+    outcome: str  # for readers' close reason (reader.end_reason)
 
     @property
     def finished(self) -> bool:
         return True
+
+    def outcome_now(self) -> str:
+        return self.outcome
+
+    def model_at(self, cursor: int) -> str:
+        start = self.log.last_of(START, max(cursor, 1))
+        return orjson.loads(start)["model"] if start else ""
+
+    def attach(self, *, resumed: bool) -> None:
+        """Nothing to keep alive: the generation is over."""
+
+    def detach(self) -> None:
+        """See ``attach``."""
 
     async def remaining(self, cursor: int) -> bool:
         """Whether events follow ``cursor``; CursorTrimmed if it is not in the log."""
@@ -46,24 +62,25 @@ class EndedStream:
     async def request_cancel(self) -> None:
         """Nothing to cancel: the generation is over."""
 
-    async def follow(
-        self, cursor: int, *, resumed: bool, keepalive: float | None = None
+    def follow(
+        self, cursor: int, *, keepalive: float | None = None
     ) -> AsyncIterator[Sequence[Entry] | None]:
         buffer_bytes = settings.SLUICE_READER_BUFFER_BYTES
-        async for batch in follow(self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive):
-            yield batch
+        return follow(self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive)
 
 
-# id -> (app_id, outcome, *sealed log): flat, so one collection untracks it
-_kept: dict[str, tuple[int, str, bytearray, bytes, bytearray]] = {}
+# id -> (app_id, created, outcome, *sealed log): flat, so one collection untracks it
+_kept: dict[str, tuple[int, int, str, bytearray, bytes, bytearray]] = {}
 _expiry: list[tuple[float, str]] = []  # (time.monotonic() deadline, id), a heap
 _sweep: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle, float] | None = None
 
 
-def keep(stream_id: str, app_id: int, outcome: str, log: MemoryStreamLog, ttl: float) -> None:
+def keep(
+    stream_id: str, app_id: int, created: int, outcome: str, log: MemoryStreamLog, ttl: float
+) -> None:
     """Keep an ended stream findable for ``ttl`` seconds from now."""
     deadline = time.monotonic() + ttl
-    _kept[stream_id] = (app_id, outcome, *log.seal())
+    _kept[stream_id] = (app_id, created, outcome, *log.seal())
     heapq.heappush(_expiry, (deadline, stream_id))
     _arm(asyncio.get_running_loop(), deadline)
 
@@ -72,8 +89,9 @@ def find(stream_id: str) -> EndedStream | None:
     kept = _kept.get(stream_id)
     if kept is None:
         return None
-    app_id, outcome, data, ends, kinds = kept
-    return EndedStream(stream_id, app_id, MemoryStreamLog.unseal((data, ends, kinds)), outcome)
+    app_id, created, outcome, data, ends, kinds = kept
+    log = MemoryStreamLog.unseal((data, ends, kinds))
+    return EndedStream(stream_id, app_id, created, log, outcome)
 
 
 def _arm(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
@@ -96,7 +114,7 @@ def _expire_due(loop: asyncio.AbstractEventLoop) -> None:
         _, stream_id = heapq.heappop(_expiry)
         kept = _kept.pop(stream_id, None)
         if kept is not None:
-            released = max(released, len(kept[2]))
+            released = max(released, len(kept[3]))
     if released >= memory.RELEASE_AFTER_BYTES:
         memory.release_memory()
     if _expiry:

@@ -13,12 +13,12 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-CHUNK = 0  # an OpenAI chat.completion.chunk (JSON bytes)
-ERROR = 1  # an OpenAI-shaped error object (JSON bytes)
-END = 2  # the stream is over; payload empty
+from streaming.core.events import END, ERROR, Entry
 
-Entry = tuple[int, int, bytes]  # (seq, kind, payload)
-FRAMING_BYTES = 32  # what a wire format adds to an event, at most (``id: <seq>``...)
+# What an encoder adds to an event's payload, at most: an OpenAI chat chunk's
+# fields (id, object, created, a model name of up to 64 characters, choices)
+# in a WebSocket message is about 250 bytes around a text delta.
+FRAMING_BYTES = 256
 
 
 class StreamLogFull(Exception):
@@ -81,7 +81,7 @@ class MemoryStreamLog:
         """Add an event; never waits. Raises StreamLogFull past the cap."""
         if self.ended:
             raise RuntimeError("append to an ended stream log")
-        if kind == CHUNK and (
+        if kind < ERROR and (
             len(self._kinds) >= self.limits.max_events
             or len(self._data) + len(payload) > self.limits.max_bytes
         ):
@@ -145,6 +145,14 @@ class MemoryStreamLog:
         log._data, log._ends, log._kinds = data, memoryview(ends).cast("Q"), kinds
         log.ended, log._waiters = True, None
         return log
+
+    def last_of(self, kind: int, cursor: int) -> bytes | None:
+        """The payload of the last ``kind`` event at or before ``cursor``."""
+        position = self._kinds.rfind(bytes((kind,)), 0, cursor)
+        if position < 0:
+            return None
+        ends = self._ends
+        return bytes(self._data[ends[position - 1] if position else 0 : ends[position]])
 
     def next_append(self) -> asyncio.Future[None]:
         """A future resolved by the next append (already resolved once the log ended).

@@ -1,19 +1,24 @@
 """Following a stream from a cursor: replay what was missed, then go live.
 
-Every transport reads through ``follow``, and cuts off a client whose sends
-stall with ``SendWatch``. A reader that falls behind gets the events it
-missed in one larger batch, so it holds no queue of its own: what it holds
-is bounded by SLUICE_READER_BUFFER_BYTES (see ``follow``).
+Every connection reads a stream through one ``Reader``: one loop that takes
+the events after its cursor in batches, has its transport's encoder render
+them, sends them, and tells its observers (metrics) what went out and why it
+stopped. A client whose sends stall is cut off (``SendWatch``). A reader
+that falls behind gets the events it missed in one larger batch, so it holds
+no queue of its own: what it holds is bounded by SLUICE_READER_BUFFER_BYTES
+(see ``follow``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
-from streaming.core.log import CursorTrimmed, Entry, MemoryStreamLog
+from streaming.core.events import Entry, Failure
+from streaming.core.log import CursorTrimmed, MemoryStreamLog
 
 # What a reader's follow raises when the rest of its stream cannot be read:
 # the log expired under a reader on another instance, or Redis failed. The
@@ -137,3 +142,131 @@ async def follow(
     finally:
         if idle is not None:
             idle.cancel()
+
+
+# -- one reader loop per connection ------------------------------------------------
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class StreamHandle(Protocol):
+    """What a reader needs of a stream, wherever it runs (see transports.streams)."""
+
+    id: str
+    created: int
+
+    @property
+    def finished(self) -> bool: ...
+
+    def model_at(self, cursor: int) -> str:
+        """The model answering at ``cursor`` (for encoders that name it)."""
+
+    def follow(
+        self, cursor: int, *, keepalive: float | None = None
+    ) -> AsyncIterator[Sequence[Entry] | None]: ...
+
+    def attach(self, *, resumed: bool) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def outcome_now(self) -> str: ...
+
+
+class Encoder(Protocol[T_co]):
+    """Renders a stream's events in one protocol for one reader; may keep state."""
+
+    def encode(self, batch: Sequence[Entry]) -> T_co: ...
+
+    def keepalive(self) -> T_co: ...
+
+    def farewell(self, failure: Failure) -> T_co:
+        """Last words when the reader is ended early (its identity was revoked)."""
+
+
+class ReaderObserver(Protocol):
+    """Told what a reader sent and, once, why it stopped (see ``Reader.run``)."""
+
+    def sent(self, size: int) -> None: ...
+
+    def closed(self, reason: str) -> None: ...
+
+
+class ReaderStalled(Exception):
+    """A send waited READER_STALL_SECONDS: the client is cut off (it can resume)."""
+
+
+_CANCELLED_OUTCOMES = {"cancelled", "abandoned", "client_disconnected"}
+
+
+def end_reason(outcome: str) -> str:
+    """Why a reader that got to the end of a stream closed: completed, cancelled or error."""
+    if outcome == "completed":
+        return "completed"
+    return "cancelled" if outcome in _CANCELLED_OUTCOMES else "error"
+
+
+class Reader(Generic[T]):
+    """One client reading one stream from ``cursor``: replay, then live, to the end.
+
+    ``run(send)`` is the whole delivery: each batch of events is encoded once
+    and handed to ``send`` (the transport's write). It returns at the stream's
+    end; it raises ReaderStalled when a send waits ``stall`` seconds, the
+    errors in ``UNREADABLE`` when the rest cannot be read, and whatever the
+    transport's ``send`` raises. Observers hear of every send and of the close,
+    with its reason: completed, cancelled, error, slow_client, client_gone or broken.
+    """
+
+    __slots__ = ("cursor", "encoder", "handle", "keepalive", "observers", "resumed", "size")
+
+    def __init__(
+        self,
+        handle: StreamHandle,
+        cursor: int,
+        encoder: Encoder[T],
+        *,
+        resumed: bool,
+        size: Callable[[T], int],
+        keepalive: float | None = None,
+        observers: Sequence[ReaderObserver] = (),
+    ) -> None:
+        self.handle, self.cursor, self.encoder = handle, cursor, encoder
+        self.resumed, self.size, self.keepalive, self.observers = (
+            resumed,
+            size,
+            keepalive,
+            observers,
+        )
+
+    async def run(self, send: Callable[[T], Awaitable[Any]], *, stall: float) -> None:
+        handle, encoder, size = self.handle, self.encoder, self.size
+        watch = SendWatch(stall)
+        reason = "error"
+        handle.attach(resumed=self.resumed)
+        try:
+            async for batch in handle.follow(self.cursor, keepalive=self.keepalive):
+                data = encoder.keepalive() if batch is None else encoder.encode(batch)
+                watch.sending()
+                await send(data)
+                watch.sent()
+                for observer in self.observers:
+                    observer.sent(size(data))
+                del data  # sent: not held while the next batch is read and encoded
+            reason = end_reason(handle.outcome_now())
+        except asyncio.CancelledError:
+            if not watch.fired:
+                reason = "client_gone"
+                raise
+            watch.task.uncancel()
+            reason = "slow_client"
+            raise ReaderStalled(f"a send waited {watch.limit}s") from None
+        except UNREADABLE:
+            reason = "broken"
+            raise
+        except OSError:
+            reason = "client_gone"
+            raise
+        finally:
+            watch.cancel()
+            handle.detach()
+            for observer in self.observers:
+                observer.closed(reason)

@@ -23,10 +23,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import orjson
 import redis.asyncio as redis
 from django.conf import settings
 
-from streaming.core.log import END, CursorTrimmed, Entry, MemoryStreamLog
+from streaming.core.events import END, START, Entry
+from streaming.core.log import CursorTrimmed, MemoryStreamLog
 from streaming.observability.logging import warn_throttled
 
 logger = logging.getLogger("sluice.redis")
@@ -83,11 +85,14 @@ def _keys(stream_id: str) -> tuple[str, str, str]:
 class RedisMirror:
     """Copies one session's log to Redis in batches until the log ends."""
 
-    def __init__(self, stream_id: str, log: MemoryStreamLog, *, app_id: int, model: str) -> None:
+    def __init__(
+        self, stream_id: str, log: MemoryStreamLog, *, app_id: int, model: str, created: int
+    ) -> None:
         self.stream_id = stream_id
         self.log = log
         self.app_id = app_id
         self.model = model
+        self.created = created
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -101,7 +106,13 @@ class RedisMirror:
             # Running streams keep their keys; the TTL starts when they end.
             running_ttl = int(settings.SLUICE_STREAM_ABANDON_SECONDS) + 24 * 3600
             await client.hset(
-                meta_key, mapping={"app_id": self.app_id, "model": self.model, "status": "running"}
+                meta_key,
+                mapping={
+                    "app_id": self.app_id,
+                    "model": self.model,
+                    "created": self.created,
+                    "status": "running",
+                },
             )
             await client.expire(meta_key, running_ttl)
             while True:
@@ -125,6 +136,8 @@ class RedisMirror:
         log_key, meta_key, _ = _keys(self.stream_id)
         async with client.pipeline(transaction=False) as pipe:
             for seq, kind, payload in batch:
+                if kind == START:  # the model answering, for encoders of readers elsewhere
+                    pipe.hset(meta_key, "model", orjson.loads(payload)["model"])
                 pipe.xadd(
                     log_key,
                     {"k": kind, "d": payload},
@@ -147,7 +160,23 @@ class RemoteStream:
     def __init__(self, stream_id: str, meta: dict[str, str]) -> None:
         self.id = stream_id
         self.app_id = int(meta.get("app_id", "0"))
+        self.created = int(meta.get("created", "0"))
+        self.model = meta.get("model", "")
         self.finished = meta.get("status") == "done"
+
+    def model_at(self, cursor: int) -> str:
+        """The model answering when this reader found the stream (a reader
+        resuming before a continuation names the newer model until its START)."""
+        return self.model
+
+    def outcome_now(self) -> str:
+        return "completed"  # the outcome is the producer's; its events say how it ended
+
+    def attach(self, *, resumed: bool) -> None:
+        """The producer learns of readers elsewhere through ``…:readers`` (see follow)."""
+
+    def detach(self) -> None:
+        """See ``attach``."""
 
     @classmethod
     async def find(cls, stream_id: str) -> RemoteStream | None:
@@ -172,7 +201,7 @@ class RemoteStream:
         await redis_client().publish(CANCEL_CHANNEL, self.id)
 
     async def follow(
-        self, cursor: int, *, resumed: bool, keepalive: float | None = None
+        self, cursor: int, *, keepalive: float | None = None
     ) -> AsyncIterator[Sequence[Entry] | None]:
         """Like reader.follow, over Redis: XREAD from the cursor, blocking when caught up.
 

@@ -24,7 +24,8 @@ from accounts.identity import AppIdentity
 from audit.records import AttemptEntry, AuditEntry
 from audit.writer import audit_submit
 from streaming.core import finished, redis_log
-from streaming.core.log import CHUNK, END, ERROR, Entry, LogLimits, MemoryStreamLog, StreamLogFull
+from streaming.core.events import END, ERROR, START, Entry, Failure, events_of, start_event
+from streaming.core.log import LogLimits, MemoryStreamLog, StreamLogFull
 from streaming.core.reader import follow
 from streaming.core.transcript import Transcript
 from streaming.observability import metrics
@@ -40,10 +41,6 @@ _sessions: dict[str, StreamSession] = {}  # running; finished ones are in stream
 
 def new_stream_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
-
-
-def error_body(message: str, *, type_: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "code": code, "param": None}}
 
 
 def client_status(error: UpstreamError) -> int:
@@ -77,16 +74,14 @@ class StreamSession:
         )
         self.log = MemoryStreamLog(limits)
         self.transcript = Transcript()
-        self.error_status: int | None = None
-        self.error_payload: dict[str, Any] | None = None
+        self.failure: Failure | None = None  # why it failed, once it has
         self.readers = 0
         self.resumes = 0
         self._abandon: asyncio.TimerHandle | None = None
         self._cancel_reason = ""
         self._revoked = ""  # why the identity behind it was revoked, if it was
         self._watch: revocation.Watch | None = None
-        self._prefix = self._chunk_prefix(route.model)
-        self._prefix_attempt: AttemptEntry | None = None
+        self._answering: AttemptEntry | None = None  # the attempt whose output the log holds
         self.audit = AuditEntry(
             request_id=self.id,
             protocol=protocol,
@@ -113,7 +108,7 @@ class StreamSession:
         self._watch = revocation.watch(self.identity, self._revoke, until_expiry=False)
         if redis_log.redis_enabled():
             mirror = redis_log.RedisMirror(
-                self.id, self.log, app_id=self.app_id, model=self.route.model
+                self.id, self.log, app_id=self.app_id, model=self.route.model, created=self.created
             )
             mirror.start()
             redis_log.ensure_cancel_listener(cancel_local)
@@ -135,6 +130,21 @@ class StreamSession:
     @property
     def app_id(self) -> int:
         return self.identity.app_id
+
+    @property
+    def app_name(self) -> str:
+        return self.identity.name
+
+    @property
+    def route_name(self) -> str:
+        return self.route.model
+
+    def outcome_now(self) -> str:
+        return self.audit.outcome or "completed"
+
+    def model_at(self, cursor: int) -> str:
+        start = self.log.last_of(START, cursor)
+        return orjson.loads(start)["model"] if start else self.route.model
 
     async def remaining(self, cursor: int) -> bool:
         """Whether events follow ``cursor``; CursorTrimmed if it is not in the log."""
@@ -160,19 +170,12 @@ class StreamSession:
         if self.readers == 0:
             self._arm_abandon()
 
-    async def follow(
-        self, cursor: int, *, resumed: bool, keepalive: float | None = None
+    def follow(
+        self, cursor: int, *, keepalive: float | None = None
     ) -> AsyncIterator[Sequence[Entry] | None]:
-        """Read the log from ``cursor`` as one attached reader (see reader.follow)."""
-        self.attach(resumed=resumed)
-        try:
-            buffer_bytes = settings.SLUICE_READER_BUFFER_BYTES
-            async for batch in follow(
-                self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive
-            ):
-                yield batch
-        finally:
-            self.detach()
+        """The log from ``cursor`` (see reader.follow); a Reader attaches around it."""
+        buffer_bytes = settings.SLUICE_READER_BUFFER_BYTES
+        return follow(self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive)
 
     def _arm_abandon(self) -> None:
         if self.readers == 0 and not self.finished:
@@ -194,29 +197,20 @@ class StreamSession:
             self.cancel("abandoned")
 
     # -- the generation --------------------------------------------------
-    def _chunk_prefix(self, model: str) -> bytes:
-        """A chunk's fields before its body's own: one stream id, the serving model."""
-        return (
-            b'{"id":"'
-            + self.id.encode()
-            + b'","object":"chat.completion.chunk","created":'
-            + str(self.created).encode()
-            + b',"model":'
-            + orjson.dumps(model)
-            + b","
-        )
-
-    def _append_chunk(self, body: dict[str, Any]) -> None:
+    def _append(self, body: dict[str, Any]) -> None:
+        """Log one chunk body from the router as neutral events (usage only
+        for clients that asked for it; the transcript keeps it anyway)."""
         self.transcript.add(body)
-        if not body.get("choices") and not self.request.include_usage:
-            return  # usage-only chunk: recorded, shown only to clients that asked
-        # A chunk names the model that made it (as OpenAI names the snapshot it
-        # resolved to), so after a fallback or a continuation the client sees who answered.
+        log = self.log
+        # The answer names the model that made it (as OpenAI names the snapshot
+        # it resolved to), so after a fallback or a continuation the client sees who answered.
         attempts = self.audit.attempts
-        if attempts and attempts[-1] is not self._prefix_attempt:
-            self._prefix_attempt = attempts[-1]
-            self._prefix = self._chunk_prefix(attempts[-1].upstream_model)
-        self.log.append(CHUNK, self._prefix + orjson.dumps(body)[1:])
+        if attempts and attempts[-1] is not self._answering:
+            continued = self._answering is not None
+            self._answering = attempts[-1]
+            log.append(START, start_event(attempts[-1].upstream_model, continued=continued))
+        for kind, payload in events_of(body, usage=self.request.include_usage):
+            log.append(kind, payload)
 
     def served_headers(self) -> dict[str, str]:
         """Response headers that say which target answered, and how it came to."""
@@ -240,10 +234,9 @@ class StreamSession:
         )
         return headers
 
-    def _fail(self, status: int, payload: dict[str, Any]) -> None:
-        self.error_status = status
-        self.error_payload = payload
-        self.log.append(ERROR, orjson.dumps(payload))
+    def _fail(self, failure: Failure) -> None:
+        self.failure = failure
+        self.log.append(ERROR, failure.payload())
 
     async def _run(self) -> None:
         audit = self.audit
@@ -251,7 +244,7 @@ class StreamSession:
         metrics.stream_started(self)
         try:
             async for body in route_stream(self.route, self.request, audit):
-                self._append_chunk(body)
+                self._append(body)
                 if audit.ttft_ms is None and has_output(body):
                     audit.ttft_ms = (time.time() - audit.started_at) * 1000
                     metrics.first_token(self)
@@ -268,15 +261,13 @@ class StreamSession:
                 "log_full",
                 str(error),
             )
-            self._fail(502, error_body(str(error), type_="server_error", code="stream_too_large"))
+            self._fail(Failure(502, str(error), code="stream_too_large", type="server_error"))
         except asyncio.CancelledError:
             self._record_cancel()
         except Exception:
             logger.exception("stream %s failed", self.id)
             audit.outcome, audit.error_class = "upstream_error", "internal_error"
-            self._fail(
-                500, error_body("internal error", type_="server_error", code="internal_error")
-            )
+            self._fail(Failure(500, "internal error", code="internal_error", type="server_error"))
         finally:
             self._end()
 
@@ -287,11 +278,9 @@ class StreamSession:
             message = f"stream cancelled: {revocation.describe(self._revoked)}"
             self.audit.error_class, self.audit.error_message = self._revoked, message
             status = revocation.http_status(self._revoked)
-            self._fail(
-                status, error_body(message, type_="invalid_request_error", code=self._revoked)
-            )
+            self._fail(Failure(status, message, code=self._revoked, type="invalid_request_error"))
             return
-        self._fail(499, error_body(f"stream {reason}", type_="server_error", code=reason))
+        self._fail(Failure(499, f"stream {reason}", code=reason, type="server_error"))
 
     def _ensure_ended(self, task: asyncio.Task[None]) -> None:
         # A task cancelled before it ever ran never enters _run's finally:
@@ -307,13 +296,19 @@ class StreamSession:
         audit.error_message = error.message[:500]
         status = client_status(error)
         audit.status_code = status
-        if status != 502 and isinstance(error.body, dict) and "error" in error.body:
-            payload = error.body
-        else:
-            payload = error_body(
-                f"upstream failed: {error.message}", type_="upstream_error", code=error.error_class
+        said = error.body.get("error") if isinstance(error.body, dict) else None
+        if status != 502 and isinstance(said, dict):  # the upstream's own words, passed on
+            failure = Failure(
+                status,
+                str(said.get("message") or error.message),
+                code=_plain(said.get("code")),
+                type=_plain(said.get("type")) or "",
+                param=_plain(said.get("param")),
             )
-        self._fail(status, payload)
+        else:
+            message = f"upstream failed: {error.message}"
+            failure = Failure(status, message, code=error.error_class, type="upstream_error")
+        self._fail(failure)
 
     def _end(self) -> None:
         if self._abandon is not None:
@@ -335,7 +330,7 @@ class StreamSession:
         # From now on, what resume needs is kept, not the whole session.
         _sessions.pop(self.id, None)
         ttl = settings.SLUICE_STREAM_TTL_SECONDS
-        finished.keep(self.id, self.app_id, audit.outcome, self.log, ttl)
+        finished.keep(self.id, self.app_id, self.created, audit.outcome, self.log, ttl)
         self._let_go()
 
     def _let_go(self) -> None:
@@ -351,6 +346,10 @@ class StreamSession:
         self.audit = replace(self.audit, request_messages=[], response_text="", tool_calls=[])
         if self.audit.protocol != "json":
             self.transcript = Transcript()
+
+
+def _plain(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def cancel_local(stream_id: str) -> None:

@@ -118,10 +118,22 @@ class InstanceStats:
         }
 
 
-def _active_sessions() -> list[Any]:
-    from streaming.core.session import active_sessions
+# The streams generating on this instance, by id (the metrics hooks keep it).
+_active: dict[str, Any] = {}
 
-    return active_sessions()
+
+def stream_started(stream: Any) -> None:
+    _active[stream.id] = stream
+    ensure_ticker()
+
+
+def stream_ended(stream: Any, tokens: int) -> None:
+    _active.pop(stream.id, None)
+    STATS.record_end(tokens, stream.audit.attempts)
+
+
+def _active_sessions() -> list[Any]:
+    return list(_active.values())
 
 
 def _tokens(session: Any) -> int:

@@ -14,20 +14,13 @@ prometheus-client keeps every value in a per-process file there and the
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from django.conf import settings
 from prometheus_client import Counter, Gauge, Histogram
 
-from streaming.core.reader import UNREADABLE
+from audit.records import AuditEntry
 from streaming.observability import livestats
-
-if TYPE_CHECKING:
-    from streaming.core.session import StreamSession
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -143,21 +136,34 @@ def child(metric: Any, *labels: str) -> Any:
     return found
 
 
-def _provider(session: StreamSession) -> str:
-    attempts = session.audit.attempts
+class Stream(Protocol):
+    """What the hooks read of a stream (a ``StreamSession``)."""
+
+    id: str
+    audit: AuditEntry
+
+    @property
+    def route_name(self) -> str: ...
+
+    @property
+    def app_name(self) -> str: ...
+
+
+def _provider(stream: Stream) -> str:
+    attempts = stream.audit.attempts
     return attempts[-1].provider if attempts else "none"
 
 
-def stream_started(session: StreamSession) -> None:
-    child(STREAMS_ACTIVE, session.audit.protocol).inc()
-    child(STREAMS_STARTED, session.route.model, session.audit.protocol).inc()
-    livestats.ensure_ticker()
+def stream_started(stream: Stream) -> None:
+    child(STREAMS_ACTIVE, stream.audit.protocol).inc()
+    child(STREAMS_STARTED, stream.route_name, stream.audit.protocol).inc()
+    livestats.stream_started(stream)
 
 
-def first_token(session: StreamSession) -> None:
+def first_token(stream: Stream) -> None:
     """Once per stream, when its first chunk reaches the log."""
-    audit = session.audit
-    route, provider = session.route.model, _provider(session)
+    audit = stream.audit
+    route, provider = stream.route_name, _provider(stream)
     total = (audit.ttft_ms or 0.0) / 1000
     child(TTFT, route, provider).observe(total)
     attempt = audit.attempts[-1] if audit.attempts else None
@@ -168,26 +174,26 @@ def first_token(session: StreamSession) -> None:
     livestats.STATS.record_ttft(total)
 
 
-def stream_ended(session: StreamSession) -> None:
+def stream_ended(stream: Stream) -> None:
     """Once per stream, from its finished audit entry."""
-    audit = session.audit
-    route, provider = session.route.model, _provider(session)
+    audit = stream.audit
+    route, provider = stream.route_name, _provider(stream)
     child(STREAMS_ACTIVE, audit.protocol).dec()
     child(STREAM_DURATION, route, provider, audit.outcome).observe(
         (audit.duration_ms or 0.0) / 1000
     )
-    chunks = stream_chunks(session)
+    chunks = stream_chunks(stream)
     tokens = relayed_tokens(audit.usage, chunks)
     if tokens:
-        child(TOKENS, route, provider, session.identity.name).inc(tokens)
+        child(TOKENS, route, provider, stream.app_name).inc(tokens)
     if audit.outcome == "abandoned":
         child(ABANDONED, route).inc()
     _count_attempts(audit.attempts)
-    livestats.STATS.record_end(chunks, audit.attempts)
+    livestats.stream_ended(stream, chunks)
 
 
-def stream_chunks(session: StreamSession) -> int:
-    return sum(attempt.tokens for attempt in session.audit.attempts)
+def stream_chunks(stream: Stream) -> int:
+    return sum(attempt.tokens for attempt in stream.audit.attempts)
 
 
 def relayed_tokens(usage: dict[str, Any], chunks: int) -> int:
@@ -215,33 +221,15 @@ def breaker_state(provider: str, state: str) -> None:
 
 
 # -- readers ------------------------------------------------------------------
-_CANCELLED_OUTCOMES = {"cancelled", "abandoned", "client_disconnected"}
-
-
-def end_reason(handle: Any) -> str:
-    """Why a reader that got to the end of ``handle``'s stream closed."""
-    audit = getattr(handle, "audit", None)
-    outcome = getattr(audit, "outcome", None) or getattr(handle, "outcome", None) or "completed"
-    if outcome == "completed":
-        return "completed"
-    return "cancelled" if outcome in _CANCELLED_OUTCOMES else "error"
-
-
-def _produced(handle: Any) -> int:
-    log = getattr(handle, "log", None)
-    return int(getattr(log, "last_seq", 0) or getattr(handle, "last_seq", 0) or 0)
-
-
 class ReaderTracker:
-    """One client reading one stream: counted when it opens, and when it closes,
-    with the reason and the bytes it was sent."""
+    """Observes one client reading one stream (``streaming.core.reader.Reader``):
+    counted when it opens, and when it closes, with the reason and the bytes sent."""
 
-    __slots__ = ("_open", "handle", "sent", "transport")
+    __slots__ = ("_open", "sent_bytes", "transport")
 
     def __init__(self, transport: str, handle: Any, cursor: int, *, resumed: bool) -> None:
         self.transport = transport
-        self.handle = handle
-        self.sent = 0
+        self.sent_bytes = 0
         self._open = True
         child(CONNECTIONS_OPENED, transport).inc()
         child(CONNECTIONS_ACTIVE, transport).inc()
@@ -251,63 +239,20 @@ class ReaderTracker:
             if replayed > 0:
                 child(REPLAYED, transport).inc(replayed)
 
-    def close(self, reason: str) -> None:
+    def sent(self, size: int) -> None:
+        self.sent_bytes += size
+
+    def closed(self, reason: str) -> None:
         """Count the close once; later calls are ignored."""
         if not self._open:
             return
         self._open = False
         child(CONNECTIONS_ACTIVE, self.transport).dec()
         child(CONNECTIONS_CLOSED, self.transport, reason).inc()
-        if self.sent:
-            child(BYTES_SENT, self.transport).inc(self.sent)
-
-    def __enter__(self) -> ReaderTracker:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is None:
-            self.close(end_reason(self.handle))
-        elif issubclass(exc_type, TimeoutError):
-            self.close("slow_client")
-        else:
-            self.close(_failure_reason(exc_type))
+        if self.sent_bytes:
+            child(BYTES_SENT, self.transport).inc(self.sent_bytes)
 
 
-def _failure_reason(exc_type: type[BaseException]) -> str:
-    """Why a reader stopped, from the exception that stopped it."""
-    if issubclass(exc_type, asyncio.CancelledError | GeneratorExit | OSError):
-        return "client_gone"
-    if issubclass(exc_type, UNREADABLE):
-        return "broken"
-    return "error"
-
-
-async def track_body(
-    body: AsyncIterator[bytes], transport: str, handle: Any, cursor: int, *, resumed: bool
-) -> AsyncIterator[bytes]:
-    """``body`` as sent by an HTTP streaming response, counted as one reader.
-
-    The server closes the body early in two cases: the client left, or a send
-    waited READER_STALL_SECONDS and the client was cut off. The body cannot
-    see which, but it can see how long its last piece has been out: a send
-    that long is the slow-client cut.
-    """
-    loop = asyncio.get_running_loop()
-    stall = settings.SLUICE_READER_STALL_SECONDS
-    tracker = ReaderTracker(transport, handle, cursor, resumed=resumed)
-    handed_out = loop.time()
-    try:
-        async with aclosing(body):  # type: ignore[type-var]
-            async for data in body:
-                tracker.sent += len(data)
-                handed_out = loop.time()
-                yield data
-                del data  # sent: see StreamResponse._pump
-    except GeneratorExit:
-        slow = loop.time() - handed_out >= stall * 0.99
-        tracker.close("slow_client" if slow else "client_gone")
-        raise
-    except BaseException as error:
-        tracker.close(_failure_reason(type(error)))
-        raise
-    tracker.close(end_reason(handle))
+def _produced(handle: Any) -> int:
+    log = getattr(handle, "log", None)
+    return int(getattr(log, "last_seq", 0) or getattr(handle, "last_seq", 0) or 0)

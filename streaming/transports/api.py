@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -17,12 +16,14 @@ from django.conf import settings
 from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
 from accounts.tickets import issue_ticket
-from streaming.core.log import ERROR, Entry
+from streaming.core.events import ERROR, Failure
+from streaming.core.reader import Encoder, Reader
 from streaming.core.session import StreamSession
 from streaming.observability import metrics
 from streaming.providers import ChatRequest
 from streaming.routing.routes import ResolvedRoute, resolve_route, route_names
-from streaming.transports import wire
+from streaming.transports.encoders.chat import ChatChunks, ChatEventSource, ChatNDJSON, ChatSSE
+from streaming.transports.encoders.text import PlainText
 from streaming.transports.errors import ApiError
 from streaming.transports.http import (
     ApiRequest,
@@ -34,9 +35,11 @@ from streaming.transports.http import (
 from streaming.transports.schema import parse_chat_request, parse_json_body
 from streaming.transports.streams import StreamHandle, check_cursor, find_stream, request_cancel
 
-SSE = b"text/event-stream; charset=utf-8"
-NDJSON = b"application/x-ndjson"
-TEXT = b"text/plain; charset=utf-8"
+CONTENT_TYPES = {
+    "sse": b"text/event-stream; charset=utf-8",
+    "ndjson": b"application/x-ndjson",
+    "text": b"text/plain; charset=utf-8",
+}
 
 
 # -- checks ---------------------------------------------------------------
@@ -76,29 +79,6 @@ async def _start(
 
 
 # -- streaming bodies -----------------------------------------------------
-Encoder = Callable[[Sequence[Entry]], bytes]
-
-
-async def _body(
-    handle: StreamHandle,
-    cursor: int,
-    encode: Encoder,
-    *,
-    preamble: bytes = b"",
-    keepalive: bytes | None = None,
-    resumed: bool = False,
-) -> AsyncIterator[bytes]:
-    interval = settings.SLUICE_SSE_KEEPALIVE_SECONDS if keepalive else None
-    async for batch in handle.follow(cursor, resumed=resumed, keepalive=interval):
-        if batch is None:
-            yield keepalive or b""
-            continue
-        # The preamble (SSE ``retry:``) rides on the first event: a block
-        # with no data of its own trips up some clients (the OpenAI SDK).
-        yield preamble + encode(batch)
-        preamble = b""
-
-
 def transport_of(request: ApiRequest) -> str:
     """The streaming transport a request asks for: ``ndjson``, ``text`` or ``sse``."""
     if request.accepts("application/x-ndjson"):
@@ -106,6 +86,21 @@ def transport_of(request: ApiRequest) -> str:
     if request.accepts("text/plain") and not request.accepts("text/event-stream"):
         return "text"
     return "sse"
+
+
+def _encoder(transport: str, handle: StreamHandle, cursor: int, *, browser: bool) -> Encoder[bytes]:
+    """The encoder of one reader of ``handle``, for the transport asked for.
+
+    Server-Sent Events are OpenAI's exact format, or with ``browser`` (the GET
+    endpoints an ``EventSource`` opens) end with a named ``done`` event.
+    """
+    if transport == "text":
+        return PlainText()
+    chunks = ChatChunks(handle.id, handle.created, handle.model_at(cursor))
+    if transport == "ndjson":
+        return ChatNDJSON(chunks)
+    framing = ChatEventSource if browser else ChatSSE
+    return framing(chunks, retry_ms=settings.SLUICE_SSE_RETRY_MS)
 
 
 def _stream_response(
@@ -117,38 +112,20 @@ def _stream_response(
     identity: AppIdentity,
     browser: bool = False,
 ) -> StreamResponse:
-    """The response that reads ``handle`` from ``cursor`` in the transport asked for.
-
-    Server-Sent Events are OpenAI's exact format, or with ``browser`` (the GET
-    endpoints an ``EventSource`` opens) end with a named ``done`` event. The
-    response ends early, with a farewell in its own format, if ``identity`` is revoked.
-    """
-    headers = {"X-Sluice-Stream-Id": handle.id}
+    """The response that reads ``handle`` from ``cursor`` in the transport asked for;
+    it ends early, with the encoder's farewell, if ``identity`` is revoked."""
     transport = transport_of(request)
-    if transport == "ndjson":
-        body = _body(handle, cursor, wire.ndjson_batch, resumed=resumed)
-        body = metrics.track_body(body, "ndjson", handle, cursor, resumed=resumed)
-        return StreamResponse(
-            body, NDJSON, headers=headers, identity=identity, farewell=wire.ndjson_farewell
-        )
-    if transport == "text":
-        body = _body(handle, cursor, wire.text_batch, resumed=resumed)
-        body = metrics.track_body(body, "text", handle, cursor, resumed=resumed)
-        return StreamResponse(
-            body, TEXT, headers=headers, identity=identity, farewell=wire.text_farewell
-        )
-    preamble = wire.sse_preamble(settings.SLUICE_SSE_RETRY_MS)
-    body = _body(
+    reader = Reader(
         handle,
         cursor,
-        wire.eventsource_batch if browser else wire.sse_batch,
-        preamble=preamble,
-        keepalive=wire.SSE_KEEPALIVE,
+        _encoder(transport, handle, cursor, browser=browser),
         resumed=resumed,
+        size=len,
+        keepalive=settings.SLUICE_SSE_KEEPALIVE_SECONDS if transport == "sse" else None,
+        observers=[metrics.ReaderTracker(transport, handle, cursor, resumed=resumed)],
     )
-    body = metrics.track_body(body, "sse", handle, cursor, resumed=resumed)
-    farewell = wire.eventsource_farewell if browser else wire.sse_farewell
-    return StreamResponse(body, SSE, headers=headers, identity=identity, farewell=farewell)
+    headers = {"X-Sluice-Stream-Id": handle.id}
+    return StreamResponse(reader, CONTENT_TYPES[transport], headers=headers, identity=identity)
 
 
 async def _wait_or_cancel(
@@ -170,9 +147,10 @@ async def _wait_or_cancel(
 
 
 def _error_response(session: StreamSession) -> JsonResponse:
+    failure = session.failure or Failure(502, "the stream failed", code="internal_error")
     return JsonResponse(
-        session.error_payload or {},
-        status=session.error_status or 502,
+        failure.openai_error(),
+        status=failure.status,
         headers=session.served_headers(),
     )
 
@@ -208,7 +186,7 @@ async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse
 async def _complete(request: ApiRequest, identity: AppIdentity, chat: ChatRequest) -> JsonResponse:
     session = await _start(request, identity, chat, "json")
     await _wait_or_cancel(session, request, asyncio.ensure_future(session.wait_finished()))
-    if session.error_status is not None:
+    if session.failure is not None:
         return _error_response(session)
     transcript = session.transcript
     body: dict[str, Any] = {

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    406: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-}
+from streaming.core.events import Failure
 
 
 class ApiError(Exception):
@@ -37,12 +26,8 @@ class ApiError(Exception):
         self.param = param
         self.headers = headers or {}
 
+    def failure(self) -> Failure:
+        return Failure(self.status, self.message, code=self.code, param=self.param)
+
     def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": _TYPES.get(self.status, "api_error"),
-                "code": self.code,
-                "param": self.param,
-            }
-        }
+        return self.failure().openai_error()

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -26,7 +26,7 @@ from django.conf import settings
 from accounts import revocation
 from accounts.identity import AppIdentity
 from streaming.core.log import CursorTrimmed
-from streaming.core.reader import UNREADABLE, SendWatch
+from streaming.core.reader import UNREADABLE, Reader, ReaderStalled
 from streaming.observability.logging import bind, request_id
 from streaming.transports.errors import ApiError
 
@@ -78,28 +78,27 @@ class JsonResponse:
 
 @dataclass(slots=True)
 class StreamResponse:
-    """Sends each chunk of ``body`` as soon as it is produced.
+    """Streams what ``reader`` delivers, each write as soon as it is encoded.
 
     With ``hold``, the status line waits until ``hold()`` returns: None to
     stream, or a JsonResponse to send instead (a failure before the first
     event becomes an HTTP error). ``on_gone`` runs if the client leaves
     while the response is held.
 
-    The body is pumped in the request's own task, so the first event reaches
+    The reader runs in the request's own task, so the first event reaches
     the socket in the same step that learns of it; a watcher task cancels
-    that task when the client disconnects.
+    that task when the client disconnects, and a revocation watch when the
+    ``identity`` behind the response is revoked (its last words are then the
+    reader's encoder's ``farewell``).
     """
 
-    body: AsyncIterator[bytes]
+    reader: Reader[bytes]
     content_type: bytes
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     hold: Callable[[], Awaitable[JsonResponse | None]] | None = None
     on_gone: Callable[[], None] | None = None
-    # Whose response it is, and how its last words are written when that
-    # identity is revoked: farewell(error body) -> bytes in the body's format.
     identity: AppIdentity | None = None
-    farewell: Callable[[dict[str, Any]], bytes] | None = None
 
     async def send(self, send: Send, receive: Receive) -> None:
         task = asyncio.current_task()
@@ -135,7 +134,7 @@ class StreamResponse:
             headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
             await send({"type": "http.response.start", "status": self.status, "headers": headers})
             started = True
-            await self._pump(send)
+            await self._deliver(send)
         except asyncio.CancelledError:
             if revoked and not gone:
                 task.uncancel()
@@ -153,8 +152,6 @@ class StreamResponse:
                 identity_watch.close()
             watch.remove_done_callback(client_left)
             watch.cancel()
-            if not started:
-                await _close(self.body)
 
     async def _end_revoked(
         self, send: Send, receive: Receive, reason: str, *, started: bool
@@ -166,7 +163,7 @@ class StreamResponse:
             with contextlib.suppress(OSError):
                 await JsonResponse(error.body(), status=error.status).send(send, receive)
             return
-        last = self.farewell(error.body()) if self.farewell is not None else b""
+        last = self.reader.encoder.farewell(error.failure())
         try:
             # A client that does not read its last words is cut off like any stalled reader.
             limit = settings.SLUICE_READER_STALL_SECONDS
@@ -178,22 +175,17 @@ class StreamResponse:
         except OSError:
             pass
 
-    async def _pump(self, send: Send) -> None:
+    async def _deliver(self, send: Send) -> None:
+        async def write(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
         # A reader that cannot take data for READER_STALL_SECONDS is cut off; it can resume.
-        watch = SendWatch(settings.SLUICE_READER_STALL_SECONDS)
-        body = self.body
+        stall = settings.SLUICE_READER_STALL_SECONDS
         try:
-            async for data in body:
-                watch.sending()
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-                watch.sent()
-                del data  # sent: not held while the next write is read and encoded
+            await self.reader.run(write, stall=stall)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not watch.fired:
-                raise
-            watch.task.uncancel()
-            logger.info("reader stalled for %ss: disconnecting it", watch.limit)
+        except ReaderStalled:
+            logger.info("reader stalled for %ss: disconnecting it", stall)
             await abort_connection(send)
         except UNREADABLE as error:
             # The events still to send are gone (a stream read through Redis
@@ -202,16 +194,7 @@ class StreamResponse:
             # stream (and can try to resume), not a clean end.
             reason = str(error) if isinstance(error, CursorTrimmed) else type(error).__name__
             logger.warning("%s: breaking the response", reason)
-            await break_response(send, watch.limit)
-        finally:
-            watch.cancel()
-            await _close(body)
-
-
-async def _close(body: AsyncIterator[bytes]) -> None:
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()
+            await break_response(send, stall)
 
 
 async def break_response(send: Send, limit: float) -> None:

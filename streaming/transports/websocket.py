@@ -28,12 +28,12 @@ from accounts import revocation
 from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
 from streaming.core.log import CursorTrimmed
-from streaming.core.reader import UNREADABLE, SendWatch
+from streaming.core.reader import UNREADABLE, Reader, ReaderStalled
 from streaming.core.session import StreamSession
 from streaming.observability import metrics
 from streaming.observability.logging import bind, request_id
 from streaming.routing.routes import resolve_route
-from streaming.transports import wire
+from streaming.transports.encoders.chat import ChatChunks, ChatWebSocket
 from streaming.transports.errors import ApiError
 from streaming.transports.schema import check_depth, parse_chat_request
 from streaming.transports.streams import StreamHandle, check_cursor, find_stream, request_cancel
@@ -233,25 +233,25 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.last_active = asyncio.get_running_loop().time()  # idle from now
 
     async def _relay(self, handle: StreamHandle, cursor: int, resumed: bool) -> None:
-        # A socket that cannot take a batch for READER_STALL_SECONDS is cut; it can resume.
-        watch = SendWatch(settings.SLUICE_READER_STALL_SECONDS)
+        chunks = ChatChunks(handle.id, handle.created, handle.model_at(cursor))
+        reader = Reader(
+            handle,
+            cursor,
+            ChatWebSocket(chunks, handle.id),
+            resumed=resumed,
+            size=_frames_size,
+            observers=[metrics.ReaderTracker("ws", handle, cursor, resumed=resumed)],
+        )
+        send = self.base_send  # the raw ASGI send: per frame, the consumer's own cost more
+
+        async def write(frames: list[bytes]) -> None:
+            for frame in frames:
+                await send({"type": "websocket.send", "text": frame.decode()})
+
         try:
-            with metrics.ReaderTracker("ws", handle, cursor, resumed=resumed) as reader:
-                try:
-                    async for batch in handle.follow(cursor, resumed=resumed):
-                        frames = wire.ws_messages(handle.id, batch or ())
-                        reader.sent += sum(map(len, frames))
-                        # The raw ASGI send: per frame, the consumer's own cost more than the frame.
-                        watch.sending()
-                        for frame in frames:
-                            await self.base_send({"type": "websocket.send", "text": frame})
-                        watch.sent()
-                except asyncio.CancelledError:
-                    if watch.fired:
-                        raise TimeoutError from None  # counted as a slow client
-                    raise
-        except TimeoutError:
-            watch.task.uncancel()
+            # A socket that cannot take a batch for READER_STALL_SECONDS is cut; it can resume.
+            await reader.run(write, stall=settings.SLUICE_READER_STALL_SECONDS)
+        except ReaderStalled:
             with contextlib.suppress(Exception):
                 await self.close(code=4008)
         except UNREADABLE as error:
@@ -277,8 +277,6 @@ class StreamConsumer(AsyncWebsocketConsumer):
             failure = ApiError(500, "the stream could not be relayed", code="internal_error")
             with contextlib.suppress(Exception):
                 await self._error(failure, {"stream_id": handle.id})
-        finally:
-            watch.cancel()
 
     async def _error(self, error: ApiError, message: dict[str, Any]) -> None:
         payload = {
@@ -289,3 +287,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             **error.body(),
         }
         await self.send(text_data=orjson.dumps(payload).decode())
+
+
+def _frames_size(frames: list[bytes]) -> int:
+    return sum(map(len, frames))

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from streaming.core import finished
-from streaming.core.log import CHUNK, END, LogLimits, MemoryStreamLog
+from streaming.core.events import END, TEXT
+from streaming.core.log import LogLimits, MemoryStreamLog
 from tests.live import GatewayServer, server_env
 from tests.streams.clients import Progress, read_sse
 
@@ -24,7 +25,7 @@ from tests.streams.clients import Progress, read_sse
 def ended_log(*payloads: bytes) -> MemoryStreamLog:
     log = MemoryStreamLog(LogLimits.shared(10_000, 1 << 20))
     for payload in payloads:
-        log.append(CHUNK, payload)
+        log.append(TEXT, payload)
     log.append(END, b"")
     return log
 
@@ -32,14 +33,14 @@ def ended_log(*payloads: bytes) -> MemoryStreamLog:
 async def test_a_kept_stream_replays_exactly_what_its_log_held() -> None:
     log = ended_log(b'{"a":1}', b'{"b":2}', b'{"c":3}')
 
-    finished.keep("chatcmpl-kept", 7, "completed", log, ttl=60)
+    finished.keep("chatcmpl-kept", 7, 0, "completed", log, ttl=60)
     found = finished.find("chatcmpl-kept")
 
     assert found is not None and (found.app_id, found.outcome) == (7, "completed")
     assert found.finished and found.log.ended
     assert list(found.log.read_after(0, 1 << 20)) == list(log.read_after(0, 1 << 20))
     assert await found.remaining(2) and not await found.remaining(4)
-    batches = [batch async for batch in found.follow(1, resumed=True)]
+    batches = [batch async for batch in found.follow(1)]
     replayed = [entry for batch in batches if batch for entry in batch]
     assert replayed == list(log.read_after(1, 1 << 20))
     gc.collect()
@@ -48,7 +49,7 @@ async def test_a_kept_stream_replays_exactly_what_its_log_held() -> None:
 
 async def test_a_kept_stream_and_its_readers_share_one_copy_of_its_log() -> None:
     log = ended_log(*(b'{"n":%d}' % i for i in range(3000)))
-    finished.keep("chatcmpl-shared", 7, "completed", log, ttl=60)
+    finished.keep("chatcmpl-shared", 7, 0, "completed", log, ttl=60)
 
     tracemalloc.start()
     try:
@@ -69,7 +70,7 @@ async def test_kept_streams_expire_in_deadline_order() -> None:
         ("chatcmpl-early", 0.05),
         ("chatcmpl-mid", 0.15),
     ):
-        finished.keep(stream_id, 1, "completed", ended_log(b"{}"), ttl=ttl)
+        finished.keep(stream_id, 1, 0, "completed", ended_log(b"{}"), ttl=ttl)
 
     gone: list[str] = []
     deadline = time.monotonic() + 5
@@ -84,7 +85,7 @@ async def test_kept_streams_expire_in_deadline_order() -> None:
 
 def test_only_an_ended_log_can_be_kept() -> None:
     log = MemoryStreamLog(LogLimits.shared(10_000, 1 << 20))
-    log.append(CHUNK, b"{}")
+    log.append(TEXT, b"{}")
     with pytest.raises(RuntimeError):
         log.seal()
 

@@ -13,21 +13,27 @@ import tracemalloc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaming.core.log import CHUNK, END, FRAMING_BYTES, LogLimits, MemoryStreamLog
+from streaming.core.events import END, TEXT
+from streaming.core.log import FRAMING_BYTES, LogLimits, MemoryStreamLog
 from streaming.core.reader import follow
-from streaming.transports import wire
+from streaming.transports.encoders.chat import ChatChunks, ChatSSE
 
 LIMITS = LogLimits.shared(1_000_000, 1 << 30)
 
 
 def chunk(index: int, size: int = 90) -> bytes:
-    return b'{"n":%d,"pad":"%s"}' % (index, b"x" * size)
+    """A text delta's payload (a JSON string)."""
+    return b'"%d %s"' % (index, b"x" * size)
+
+
+def sse() -> ChatSSE:
+    return ChatSSE(ChatChunks("chatcmpl-test", 0, "model"), retry_ms=1000)
 
 
 def log_of(payloads: list[bytes], *, ended: bool = True) -> MemoryStreamLog:
     log = MemoryStreamLog(LIMITS)
     for payload in payloads:
-        log.append(CHUNK, payload)
+        log.append(TEXT, payload)
     if ended:
         log.append(END, b"")
     return log
@@ -50,9 +56,7 @@ def test_batches_cover_the_log_in_order_within_the_budget(sizes: list[int], budg
         seen += batch
         cursor = batch[-1][0]
 
-    assert seen == [(i + 1, CHUNK, p) for i, p in enumerate(payloads)] + [
-        (len(sizes) + 1, END, b"")
-    ]
+    assert seen == [(i + 1, TEXT, p) for i, p in enumerate(payloads)] + [(len(sizes) + 1, END, b"")]
 
 
 def test_a_batch_reads_the_log_it_was_taken_from_as_the_log_grows() -> None:
@@ -61,7 +65,7 @@ def test_a_batch_reads_the_log_it_was_taken_from_as_the_log_grows() -> None:
     before = list(batch)
 
     for i in range(50, 5000):  # the log's buffer is reallocated as it grows
-        log.append(CHUNK, chunk(i))
+        log.append(TEXT, chunk(i))
 
     assert list(batch) == before
     assert [seq for seq, _, _ in batch] == list(range(11, 51))
@@ -73,7 +77,7 @@ def test_holding_a_batch_of_thousands_of_events_holds_no_copy_of_them() -> None:
 
     tracemalloc.start()
     try:
-        batch = log.read_after(0, 1 << 20)
+        batch = log.read_after(0, 1 << 22)
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -86,16 +90,20 @@ async def test_a_reader_behind_gets_few_writes_of_at_most_a_quarter_of_its_buffe
     log = log_of([chunk(i) for i in range(3000)])  # about 330 KB of events
     buffer_bytes = 128 * 1024
 
+    encoder = sse()
     writes = [
-        wire.sse_batch(batch)
+        encoder.encode(batch)
         async for batch in follow(log, 0, buffer_bytes=buffer_bytes)
         if batch is not None
     ]
 
-    assert 5 <= len(writes) <= 3001 // 200  # each write carries over 200 events
+    # Few writes, each within a quarter of the buffer and (but the last) over half of that.
+    assert 5 <= len(writes) <= 3001 // 60
     assert all(len(write) <= buffer_bytes // 4 for write in writes)
+    assert all(len(write) > buffer_bytes // 8 for write in writes[:-1])
     sent = b"".join(writes)
-    assert sent == b"".join(wire.sse_event(*entry) for entry in log.read_after(0, 1 << 30))
+    one_by_one = sse()
+    assert sent == b"".join(one_by_one.encode([entry]) for entry in log.read_after(0, 1 << 30))
     assert sent.endswith(b"id: 3001\ndata: [DONE]\n\n")
 
 
@@ -103,13 +111,13 @@ async def test_a_reader_keeping_up_gets_each_event_as_it_comes() -> None:
     log = log_of([], ended=False)
     reader = follow(log, 0, buffer_bytes=1 << 20)
 
-    log.append(CHUNK, chunk(0))
+    log.append(TEXT, chunk(0))
     first = await anext(reader)
-    log.append(CHUNK, chunk(1))
+    log.append(TEXT, chunk(1))
     log.append(END, b"")
     rest = [batch async for batch in reader]
 
-    assert first is not None and list(first) == [(1, CHUNK, chunk(0))]
+    assert first is not None and list(first) == [(1, TEXT, chunk(0))]
     assert [list(batch) for batch in rest if batch is not None] == [
-        [(2, CHUNK, chunk(1)), (3, END, b"")]
+        [(2, TEXT, chunk(1)), (3, END, b"")]
     ]

@@ -62,7 +62,8 @@ async def test_a_reader_of_an_ended_stream_holds_its_log_not_its_prompt_or_text(
     prompt = "tell me about sluices " * 5000
     session = demo_session(prompt, "sse")
     held_by_the_request = sys.getrefcount(prompt)
-    reader = session.follow(0, resumed=False)  # holds the session, like a slow client
+    session.attach(resumed=False)
+    reader = session.follow(0)  # held, like a slow client's
     session.start()
 
     events = [entry async for batch in reader if batch for entry in batch]

@@ -17,7 +17,7 @@ from channels.testing import WebsocketCommunicator
 from audit.writer import audit_flush
 from gateway.asgi import application
 from streaming.providers.pool import close_upstream_pool
-from streaming.transports import wire
+from streaming.transports.encoders.chat import ChatWebSocket
 from tests.conftest import wait_for_audit
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
@@ -26,15 +26,15 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
 def test_a_stream_whose_relay_fails_ends_with_an_error_and_the_socket_lives_on(
     alice, demo_model, monkeypatch, caplog
 ):
-    encode = wire.ws_messages
+    encode = ChatWebSocket.encode
     broken: set[str] = set()
 
-    def ws_messages(stream_id: str, batch: Any) -> list[str]:
-        if stream_id in broken:
+    def encode_unless_broken(self: ChatWebSocket, batch: Any) -> list[bytes]:
+        if self._sid.decode().strip('"') in broken:
             raise RuntimeError("a bug in the frame encoder")
-        return encode(stream_id, batch)
+        return encode(self, batch)
 
-    monkeypatch.setattr(wire, "ws_messages", ws_messages)
+    monkeypatch.setattr(ChatWebSocket, "encode", encode_unless_broken)
     chat = {"model": demo_model, "messages": [{"role": "user", "content": "hi"}]}
 
     async def talk() -> tuple[list[dict[str, Any]], str]:
