@@ -45,11 +45,7 @@ def new_stream_id() -> str:
 
 def client_status(error: UpstreamError) -> int:
     """The HTTP status a client sees for a failure before its first chunk."""
-    if error.status in (400, 413, 422, 429):
-        return error.status
-    if error.error_class in ("circuit_open", "no_target"):
-        return 503  # nothing was tried: the gateway has no healthy target right now
-    return 502
+    return error.client_status
 
 
 class StreamSession:

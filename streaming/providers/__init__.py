@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from functools import cache
 
-from streaming.providers.base import (
-    ChatRequest,
-    ProviderAdapter,
+from streaming.providers.base import ChatRequest, ProviderAdapter, UpstreamTarget
+from streaming.providers.errors import (
+    AuthError,
+    CircuitOpen,
+    ClientError,
+    ConnectError,
+    ContentFilter,
+    ContextLength,
+    FirstTokenTimeout,
+    NoTarget,
+    ProtocolError,
+    ProviderError,
+    RateLimited,
+    RouteExhausted,
+    ServerError,
+    Stall,
+    Timeout,
     UpstreamError,
-    UpstreamTarget,
 )
 
 
@@ -30,4 +43,25 @@ def adapter_for(kind: str) -> ProviderAdapter:
         raise ValueError(f"unknown provider kind {kind!r}") from None
 
 
-__all__ = ["ChatRequest", "ProviderAdapter", "UpstreamError", "UpstreamTarget", "adapter_for"]
+__all__ = [
+    "AuthError",
+    "ChatRequest",
+    "CircuitOpen",
+    "ClientError",
+    "ConnectError",
+    "ContentFilter",
+    "ContextLength",
+    "FirstTokenTimeout",
+    "NoTarget",
+    "ProtocolError",
+    "ProviderAdapter",
+    "ProviderError",
+    "RateLimited",
+    "RouteExhausted",
+    "ServerError",
+    "Stall",
+    "Timeout",
+    "UpstreamError",
+    "UpstreamTarget",
+    "adapter_for",
+]

@@ -15,9 +15,15 @@ import orjson
 from streaming.providers.base import (
     ChatRequest,
     ProviderAdapter,
-    UpstreamError,
     UpstreamTarget,
     post_event_stream,
+)
+from streaming.providers.errors import (
+    ProtocolError,
+    ProviderError,
+    RateLimited,
+    ServerError,
+    UpstreamError,
 )
 from streaming.providers.pool import UpstreamPool
 from streaming.providers.sse import SSEDecoder
@@ -34,11 +40,11 @@ STOP_REASONS = {
     "refusal": "content_filter",
 }
 
-# Anthropic error types that mean "try again / elsewhere", by our labels.
-ERROR_CLASSES = {
-    "overloaded_error": "server_error",
-    "api_error": "server_error",
-    "rate_limit_error": "rate_limited",
+# Anthropic error events that mean "try again / elsewhere"; any other is a ProviderError.
+ERROR_TYPES: dict[str, type[UpstreamError]] = {
+    "overloaded_error": ServerError,
+    "api_error": ServerError,
+    "rate_limit_error": RateLimited,
 }
 
 Block = dict[str, Any]
@@ -215,9 +221,8 @@ class AnthropicStreamDecoder:
         except (AttributeError, TypeError, KeyError, ValueError):
             # A field of the wrong type (an object that is a string, ...): the
             # upstream broke the protocol; what we pass on is checked below.
-            raise UpstreamError(
-                f"upstream sent a malformed {str(data.get('type'))[:40]} event",
-                error_class="protocol_error",
+            raise ProtocolError(
+                f"upstream sent a malformed {str(data.get('type'))[:40]} event"
             ) from None
 
     def _on_message_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -246,7 +251,7 @@ class AnthropicStreamDecoder:
         if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
             index = self._tool_index_by_block.get(_index(data))
             if index is None:
-                raise UpstreamError("tool input for an unknown block", error_class="protocol_error")
+                raise ProtocolError("tool input for an unknown block")
             call = {"index": index, "function": {"arguments": _text(delta["partial_json"])}}
             return [_delta({"tool_calls": [call]})]
         return []  # thinking and signature deltas have no OpenAI equivalent
@@ -269,10 +274,9 @@ class AnthropicStreamDecoder:
         error = data.get("error")
         if not isinstance(error, dict):
             error = {}
-        raise UpstreamError(
-            f"upstream error mid-stream: {error.get('message') or 'unknown'}",
-            error_class=ERROR_CLASSES.get(error.get("type", ""), "provider_error"),
-            body=data,
+        error_type = ERROR_TYPES.get(error.get("type", ""), ProviderError)
+        raise error_type(
+            f"upstream error mid-stream: {error.get('message') or 'unknown'}", body=data
         )
 
     def _count_usage(self, usage: dict[str, Any]) -> None:
@@ -341,14 +345,14 @@ class AnthropicAdapter(ProviderAdapter):
                         yield chunk
                     if decoder.done:
                         return
-        raise UpstreamError("upstream closed the stream early", error_class="protocol_error")
+        raise ProtocolError("upstream closed the stream early")
 
 
 def _parse(data: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise UpstreamError("upstream sent malformed JSON", error_class="protocol_error") from None
+        raise ProtocolError("upstream sent malformed JSON") from None
     if not isinstance(obj, dict):
-        raise UpstreamError("upstream sent a non-object event", error_class="protocol_error")
+        raise ProtocolError("upstream sent a non-object event")
     return obj

@@ -3,8 +3,9 @@
 An adapter turns one upstream wire format into OpenAI ``chat.completion.chunk``
 bodies. It knows nothing about Django, transports or the stream log: it gets a
 validated request and a target, talks to the upstream through the shared
-HTTP client, and yields chunk dicts. Failures are raised as UpstreamError so
-the router can decide whether to retry or fall back.
+HTTP client, and yields chunk dicts. Failures are raised as one of the
+UpstreamError classes (streaming.providers.errors), which tell the router
+whether to retry or fall back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
+from streaming.providers.errors import (
+    AuthError,
+    ClientError,
+    ConnectError,
+    ContentFilter,
+    ContextLength,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+    Timeout,
+    UpstreamError,
+)
 from streaming.providers.pool import UpstreamPool, UpstreamResponse
 from streaming.providers.scrub import Scrubber
 
@@ -48,53 +61,6 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
     stream: bool = True
     include_usage: bool = False
-
-
-# Failures that say the target is unhealthy (not the request's fault): worth
-# retrying elsewhere, and counted by the circuit breaker.
-TARGET_FAILURES = frozenset(
-    {
-        "connect_error",
-        "timeout",
-        "first_token_timeout",
-        "stall",
-        "rate_limited",
-        "server_error",
-        "protocol_error",
-        "provider_error",
-        "auth_error",
-    }
-)
-
-
-class UpstreamError(Exception):
-    """An upstream failed. ``error_class`` is a short, bounded label.
-
-    Labels: connect_error, timeout, first_token_timeout, stall, rate_limited,
-    server_error, client_error, protocol_error, provider_error, content_filter,
-    auth_error (the upstream refused our key), context_length (the prompt does not fit);
-    the router adds no_target and circuit_open.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        error_class: str,
-        status: int | None = None,
-        retry_after: float | None = None,
-        body: Any = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.error_class = error_class
-        self.status = status
-        self.retry_after = retry_after
-        self.body = body
-
-    @property
-    def retryable(self) -> bool:
-        return self.error_class in TARGET_FAILURES
 
 
 class ProviderAdapter(ABC):
@@ -151,7 +117,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def error_for_status(status: int, headers: Mapping[str, str], body: Any) -> UpstreamError:
-    """The UpstreamError for a non-200 upstream response, with the provider's own words.
+    """The UpstreamError subclass for a non-200 upstream response, with the provider's own words.
 
     Its message (scrubbed of secrets on the way out of the adapter) is what ops
     need to see: "Incorrect API key provided" is not "HTTP 401".
@@ -161,23 +127,23 @@ def error_for_status(status: int, headers: Mapping[str, str], body: Any) -> Upst
         f"upstream returned HTTP {status}: {said}" if said else f"upstream returned HTTP {status}"
     )
     if status == 429:
-        return UpstreamError(
-            message,
-            error_class="rate_limited",
-            status=status,
-            retry_after=parse_retry_after(headers),
-            body=body,
+        return RateLimited(
+            message, status=status, retry_after=parse_retry_after(headers), body=body
         )
+    return _class_for_status(status, body, said)(message, status=status, body=body)
+
+
+def _class_for_status(status: int, body: Any, said: str) -> type[UpstreamError]:
     if status >= 500:
-        return UpstreamError(message, error_class="server_error", status=status, body=body)
+        return ServerError
     if status in (401, 403):
         # The upstream refused Sluice's own credentials: the target is misconfigured.
-        return UpstreamError(message, error_class="auth_error", status=status, body=body)
+        return AuthError
     if _error_code(body) in CONTENT_FILTER_CODES:
-        return UpstreamError(message, error_class="content_filter", status=status, body=body)
+        return ContentFilter
     if status == 400 and _is_context_length(body, said):
-        return UpstreamError(message, error_class="context_length", status=status, body=body)
-    return UpstreamError(message, error_class="client_error", status=status, body=body)
+        return ContextLength
+    return ClientError
 
 
 # How providers say a prompt does not fit: OpenAI's code, else the wording of
@@ -218,12 +184,10 @@ def error_for_transport(exc: BaseException, *, responded: bool) -> UpstreamError
     if responded:
         # Once the body started, a reset, a truncated chunk or a lost
         # connection all mean the same thing.
-        return UpstreamError("upstream closed the stream early", error_class="protocol_error")
+        return ProtocolError("upstream closed the stream early")
     if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamError("upstream timed out", error_class="timeout")
-    return UpstreamError(
-        f"could not connect to upstream ({type(exc).__name__})", error_class="connect_error"
-    )
+        return Timeout("upstream timed out")
+    return ConnectError(f"could not connect to upstream ({type(exc).__name__})")
 
 
 # An error body larger than this is kept as the start of its text, unparsed.

@@ -10,10 +10,10 @@ import orjson
 from streaming.providers.base import (
     ChatRequest,
     ProviderAdapter,
-    UpstreamError,
     UpstreamTarget,
     post_event_stream,
 )
+from streaming.providers.errors import ProtocolError, ProviderError
 from streaming.providers.pool import UpstreamPool
 from streaming.providers.sse import SSEDecoder
 
@@ -51,11 +51,9 @@ class OpenAIStreamDecoder:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise UpstreamError(
-                "upstream sent malformed JSON", error_class="protocol_error"
-            ) from None
+            raise ProtocolError("upstream sent malformed JSON") from None
         if not isinstance(obj, dict):
-            raise UpstreamError("upstream sent a non-object chunk", error_class="protocol_error")
+            raise ProtocolError("upstream sent a non-object chunk")
         if "error" in obj:
             raise _stream_error(obj["error"])
         # What the gateway reads of a chunk (the transcript, the router, the
@@ -90,8 +88,8 @@ class OpenAIStreamDecoder:
         return {"choices": choices} if choices else None
 
 
-def _malformed(what: str) -> UpstreamError:
-    return UpstreamError(f"upstream sent a malformed chunk: {what}", error_class="protocol_error")
+def _malformed(what: str) -> ProtocolError:
+    return ProtocolError(f"upstream sent a malformed chunk: {what}")
 
 
 def _check_tool_calls(calls: Any) -> None:
@@ -140,12 +138,10 @@ def _check_usage(usage: Any) -> None:
             raise _malformed("usage holds an array")
 
 
-def _stream_error(error: Any) -> UpstreamError:
+def _stream_error(error: Any) -> ProviderError:
     message = error.get("message") if isinstance(error, dict) else None
-    return UpstreamError(
-        f"upstream error mid-stream: {message or 'unknown'}",
-        error_class="provider_error",
-        body={"error": error},
+    return ProviderError(
+        f"upstream error mid-stream: {message or 'unknown'}", body={"error": error}
     )
 
 
@@ -177,4 +173,4 @@ class OpenAIAdapter(ProviderAdapter):
                 if chunk is not None:
                     yield chunk
         if not (decoder.done or decoder.finished):
-            raise UpstreamError("upstream closed the stream early", error_class="protocol_error")
+            raise ProtocolError("upstream closed the stream early")

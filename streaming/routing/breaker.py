@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from streaming.observability.logging import warn_throttled
-from streaming.providers.base import TARGET_FAILURES, UpstreamTarget
+from streaming.providers.base import UpstreamTarget
 
 logger = logging.getLogger("sluice.breaker")
 
@@ -105,11 +105,6 @@ def on_failure(state: BreakerState, config: BreakerConfig, now: float, error: st
 def on_success(state: BreakerState) -> BreakerState:
     """Close the circuit; the last error stays for the admin to see."""
     return BreakerState(last_error=state.last_error, last_failure_at=state.last_failure_at)
-
-
-def counts_as_failure(error_class: str) -> bool:
-    """Failures that say the target is unhealthy (not the request's fault)."""
-    return error_class in TARGET_FAILURES
 
 
 def breaker_key(target: UpstreamTarget) -> str:

@@ -24,14 +24,22 @@ from itertools import groupby
 from typing import Any
 
 from audit.records import AttemptEntry, AuditEntry
-from streaming.providers import ChatRequest, UpstreamError, UpstreamTarget, adapter_for
+from streaming.providers import ChatRequest, UpstreamTarget, adapter_for
+from streaming.providers.errors import (
+    CircuitOpen,
+    ContentFilter,
+    FirstTokenTimeout,
+    NoTarget,
+    Stall,
+    Timeout,
+    UpstreamError,
+)
 from streaming.providers.pool import upstream_pool
 from streaming.routing.breaker import (
     CLOSED,
     breaker_config,
     breaker_key,
     breakers,
-    counts_as_failure,
     status,
 )
 from streaming.routing.continuation import ContinuationFilter, StreamProgress, continuation_request
@@ -40,28 +48,9 @@ from streaming.routing.routes import ResolvedRoute, RoutePolicy, TargetChoice
 # Waiting longer than this for one target's Retry-After is worse than moving on.
 MAX_RETRY_AFTER = 30.0
 
-# The policy's retry_on kinds (streaming.models.RetryOn), by error class.
-FAILURE_KINDS = {
-    "connect_error": "connect_error",
-    "timeout": "timeout",
-    "first_token_timeout": "timeout",
-    "stall": "timeout",
-    "rate_limited": "rate_limited",
-    "server_error": "server_error",
-    "protocol_error": "server_error",
-    "provider_error": "server_error",
-    "content_filter": "content_filter",
-    "auth_error": "auth_error",
-    "context_length": "context_length",
-}
-
 
 # Seeding a new Random per request read os.urandom every time.
 _rng = random.Random()
-
-
-class RouteExhausted(UpstreamError):
-    """No target could be tried (none enabled, or every circuit open)."""
 
 
 # -- planning -------------------------------------------------------------
@@ -109,7 +98,7 @@ def _check_refusal(body: dict[str, Any], policy: RoutePolicy) -> None:
     for choice in body.get("choices") or ():
         delta = choice.get("delta") or {}
         if choice.get("finish_reason") == "content_filter" and not delta.get("content"):
-            raise UpstreamError("upstream refused (content filter)", error_class="content_filter")
+            raise ContentFilter("upstream refused (content filter)")
 
 
 def _count(record: AttemptEntry, body: dict[str, Any]) -> None:
@@ -161,8 +150,9 @@ async def upstream_attempt(
                         moved_at = now
                     yield body
         except TimeoutError:
-            kind = "stall" if record.first_token_at else "first_token_timeout"
-            raise UpstreamError(f"upstream {kind.replace('_', ' ')}", error_class=kind) from None
+            if record.first_token_at:
+                raise Stall("upstream stall") from None
+            raise FirstTokenTimeout("upstream first token timeout") from None
     for body in held:  # an answer with no output at all
         yield body
 
@@ -182,7 +172,7 @@ class FallbackRun:
     async def stream(self) -> AsyncIterator[dict[str, Any]]:
         plan = plan_attempts(self.route)
         if not plan:
-            raise RouteExhausted("no enabled target for this model", error_class="no_target")
+            raise NoTarget("no enabled target for this model")
         board = breakers()
         await board.prefetch({breaker_key(t) for t in plan})
         admitted: dict[str, bool] = {}
@@ -201,18 +191,14 @@ class FallbackRun:
                 return
             except UpstreamError as error:
                 last_error = error
-                if counts_as_failure(error.error_class):
+                if error.counts_against_breaker:
                     # Admission is asked again: a failure that opened the circuit
                     # (or a half-open probe that failed) stops the retries into it.
                     admitted.pop(key, None)
                 await self._after_failure(error, plan, position)
         if last_error is not None:
             raise last_error
-        raise RouteExhausted(
-            "every target of this model is failing (circuit open); try again later",
-            error_class="circuit_open",
-            status=503,
-        )
+        raise CircuitOpen("every target of this model is failing (circuit open); try again later")
 
     async def _attempt(self, target: UpstreamTarget, key: str) -> AsyncIterator[dict[str, Any]]:
         progress, board = self.progress, breakers()
@@ -248,7 +234,7 @@ class FallbackRun:
             record.status_code = error.status
             record.error_class = error.error_class
             record.error_message = error.message[:500]
-            if counts_as_failure(error.error_class):
+            if error.counts_against_breaker:
                 await board.failure(key, f"{error.error_class}: {error.message}"[:300])
             raise
         except BaseException:
@@ -261,8 +247,8 @@ class FallbackRun:
         self, error: UpstreamError, plan: list[UpstreamTarget], position: int
     ) -> None:
         """Raise ``error`` unless the policy lets the next attempt go; wait if it should."""
-        kind = FAILURE_KINDS.get(error.error_class)
-        if kind not in self.policy.retry_on:
+        kind = error.retry_kind
+        if kind is None or kind not in self.policy.retry_on:
             raise error
         if self.progress.started:
             self._check_continuable(error)
@@ -318,5 +304,5 @@ async def probe_target(target: UpstreamTarget) -> float:
                 if has_output(body):
                     break
     except TimeoutError:
-        raise UpstreamError("no answer within 15 s", error_class="timeout") from None
+        raise Timeout("no answer within 15 s") from None
     return (time.perf_counter() - started) * 1000

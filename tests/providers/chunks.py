@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from streaming.providers.base import ChatRequest, ProviderAdapter, UpstreamError, UpstreamTarget
+from streaming.providers import ChatRequest, ProviderAdapter, UpstreamError, UpstreamTarget
 
 
 def chat(content: str = "Say hello", **params: Any) -> ChatRequest:

@@ -4,13 +4,13 @@ from typing import Any
 
 import pytest
 
+from streaming.providers import ChatRequest, UpstreamError, UpstreamTarget
 from streaming.providers.anthropic import (
     AnthropicAdapter,
     AnthropicStreamDecoder,
     build_body,
     convert_messages,
 )
-from streaming.providers.base import ChatRequest, UpstreamError, UpstreamTarget
 from tests.fakes import FakeUpstream
 from tests.providers.chunks import chat, collect, content_of, failure, finish_reasons, tool_calls_of
 

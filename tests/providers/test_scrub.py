@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.providers.base import UpstreamError, scrub_error
+from streaming.providers.base import scrub_error
+from streaming.providers.errors import ProviderError
 from streaming.providers.scrub import REDACTED, Scrubber
 
 KEY = "sk-proj-CANARYkey0123456789abcdef"
@@ -80,9 +81,7 @@ def test_json_bodies_are_scrubbed_in_keys_and_values_and_bounded() -> None:
 
 
 def test_scrub_error_cleans_message_and_body() -> None:
-    error = UpstreamError(
-        f"upstream error mid-stream: {ODD_KEY}", error_class="provider_error", body=ODD_KEY
-    )
+    error = ProviderError(f"upstream error mid-stream: {ODD_KEY}", body=ODD_KEY)
     scrub_error(error, Scrubber([ODD_KEY]))
     assert ODD_KEY not in error.message and ODD_KEY not in str(error)
     assert error.body == REDACTED
