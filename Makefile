@@ -53,6 +53,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	SLUICE_DEV=1 $(BIN)/mypy .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 check: lint
 	SLUICE_DEV=1 $(BIN)/python manage.py check --fail-level WARNING
