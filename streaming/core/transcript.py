@@ -6,31 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from audit.records import AuditEntry
-
-
-class TextPieces:
-    """Text that arrives a piece (a token) at a time.
-
-    Every ``PIECES_PER_BLOCK`` pieces are joined into one string: thousands of
-    small string objects would share the allocator's arenas with long-lived
-    objects and keep a long stream's memory from the OS (see streaming.core.log).
-    """
-
-    PIECES_PER_BLOCK = 256
-    __slots__ = ("_blocks", "_pieces")
-
-    def __init__(self) -> None:
-        self._blocks: list[str] = []
-        self._pieces: list[str] = []
-
-    def append(self, piece: str) -> None:
-        self._pieces.append(piece)
-        if len(self._pieces) >= self.PIECES_PER_BLOCK:
-            self._blocks.append("".join(self._pieces))
-            self._pieces = []
-
-    def text(self) -> str:
-        return "".join(self._blocks) + "".join(self._pieces)
+from streaming.routing.continuation import TextPieces
 
 
 class Transcript:
