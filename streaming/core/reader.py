@@ -184,7 +184,9 @@ class Encoder(Protocol[T_co]):
 
 
 class ReaderObserver(Protocol):
-    """Told what a reader sent and, once, why it stopped (see ``Reader.run``)."""
+    """Told when a reader starts, what it sent and, once, why it stopped (see ``Reader.run``)."""
+
+    def opened(self) -> None: ...
 
     def sent(self, size: int) -> None: ...
 
@@ -242,6 +244,8 @@ class Reader(Generic[T]):
         watch = SendWatch(stall)
         reason = "error"
         handle.attach(resumed=self.resumed)
+        for observer in self.observers:
+            observer.opened()
         try:
             async for batch in handle.follow(self.cursor, keepalive=self.keepalive):
                 data = encoder.keepalive() if batch is None else encoder.encode(batch)

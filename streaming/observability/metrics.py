@@ -225,17 +225,21 @@ class ReaderTracker:
     """Observes one client reading one stream (``streaming.core.reader.Reader``):
     counted when it opens, and when it closes, with the reason and the bytes sent."""
 
-    __slots__ = ("_open", "sent_bytes", "transport")
+    __slots__ = ("_open", "cursor", "handle", "resumed", "sent_bytes", "transport")
 
     def __init__(self, transport: str, handle: Any, cursor: int, *, resumed: bool) -> None:
-        self.transport = transport
+        self.transport, self.handle, self.cursor, self.resumed = transport, handle, cursor, resumed
         self.sent_bytes = 0
+        self._open = False
+
+    def opened(self) -> None:
+        transport = self.transport
         self._open = True
         child(CONNECTIONS_OPENED, transport).inc()
         child(CONNECTIONS_ACTIVE, transport).inc()
-        if resumed:
+        if self.resumed:
             child(RESUMES, transport).inc()
-            replayed = _produced(handle) - cursor
+            replayed = _produced(self.handle) - self.cursor
             if replayed > 0:
                 child(REPLAYED, transport).inc(replayed)
 
@@ -243,7 +247,7 @@ class ReaderTracker:
         self.sent_bytes += size
 
     def closed(self, reason: str) -> None:
-        """Count the close once; later calls are ignored."""
+        """Count the close once (of a reader that opened); later calls are ignored."""
         if not self._open:
             return
         self._open = False
