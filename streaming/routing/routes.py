@@ -21,7 +21,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 
-from streaming.core.redis_log import redis_client
+from gateway.redis import async_client, redis_enabled, sync_client
 from streaming.models import ModelRoute, default_retry_on, default_retry_same_target_on
 from streaming.observability.logging import warn_throttled
 from streaming.providers.base import UpstreamTarget
@@ -80,21 +80,16 @@ def _clear_local() -> None:
 def invalidate_routes() -> None:
     """The configuration changed: forget cached routes here, and tell other instances."""
     _clear_local()
-    if settings.REDIS_URL:
+    if redis_enabled():
         # After the commit, or another instance could reload the old rows.
         transaction.on_commit(_bump_config_version)
 
 
 # -- cross-instance invalidation ------------------------------------------
-_sync_redis: list[redis.Redis] = []
-
-
 def _bump_config_version() -> None:
     _clear_local()
-    if not _sync_redis:
-        _sync_redis.append(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2.0))
     try:
-        _sync_redis[0].incr(CONFIG_VERSION_KEY)
+        sync_client().incr(CONFIG_VERSION_KEY)
     except (redis.RedisError, OSError):
         warn_throttled(
             logger, "could not publish a config change; other instances see it after the TTL"
@@ -113,7 +108,7 @@ async def _check_config_version() -> None:
         return
     _VersionCheck.checked_at = now  # before the await: one check at a time
     try:
-        version = await redis_client().get(CONFIG_VERSION_KEY)
+        version = await async_client().get(CONFIG_VERSION_KEY)
     except (redis.RedisError, OSError):
         warn_throttled(logger, "could not read the config version from Redis")
         return
@@ -169,7 +164,7 @@ def _load_names() -> tuple[str, ...]:
 
 async def resolve_route(model: str) -> ResolvedRoute | None:
     """The enabled route for a public model name, or None."""
-    if settings.REDIS_URL:
+    if redis_enabled():
         await _check_config_version()
     hit = _routes.get(model)
     if hit is not None and hit[0] > time.monotonic():
@@ -198,7 +193,7 @@ async def _load_and_cache(model: str) -> ResolvedRoute | None:
 
 async def route_names() -> tuple[str, ...]:
     """Public names of all enabled routes."""
-    if settings.REDIS_URL:
+    if redis_enabled():
         await _check_config_version()
     now = time.monotonic()
     if _names and _names[0][0] > now:
