@@ -20,13 +20,11 @@ the defence against floods.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -34,6 +32,7 @@ from django.conf import settings
 from oauth2_provider.models import get_access_token_model, get_application_model
 
 from accounts.models import AppPolicy
+from gateway.cache import SingleFlightCache
 
 CACHE_MAX_ENTRIES = 10_000
 
@@ -93,63 +92,39 @@ def require_model(identity: AppIdentity, model: str) -> None:
 
 # --- the cache --------------------------------------------------------------
 # Keys: the token's sha256 hex (bearer), "id:<token pk>" (tickets), "app:<pk>"
-# (staff tickets). Values: (identity, deadline in epoch seconds).
-# Reads take no lock (a dict get is atomic); writers and scans do, because
-# signal handlers run on other threads. _generation stops a lookup that raced
-# an invalidation from caching what it read before the invalidation.
-_cache: dict[str, tuple[AppIdentity, float]] = {}
-_lock = threading.Lock()
-_generation = 0
+# (staff tickets). Signal handlers invalidate from other threads; the cache
+# takes care of that, and of not keeping a lookup that raced an invalidation.
 
 
-def _cache_get(key: str) -> AppIdentity | None:
-    entry = _cache.get(key)
-    if entry is not None and entry[1] > _clock():
-        return entry[0]
-    return None
+def _keep_seconds(identity: AppIdentity) -> float:
+    return min(settings.SLUICE_TOKEN_CACHE_SECONDS, identity.expires_at - _clock())
 
 
-def _cache_put(key: str, identity: AppIdentity, generation: int) -> None:
-    ttl = settings.SLUICE_TOKEN_CACHE_SECONDS
-    deadline = min(_clock() + ttl, identity.expires_at)
-    with _lock:
-        if generation != _generation or deadline <= _clock():
-            return
-        _cache.pop(key, None)  # re-insert at the end: dict order is age order
-        while len(_cache) >= CACHE_MAX_ENTRIES:
-            _cache.pop(next(iter(_cache)), None)
-        _cache[key] = (identity, deadline)
-
-
-def _drop(match: Callable[[AppIdentity], bool]) -> None:
-    global _generation
-    with _lock:
-        _generation += 1
-        for key in [k for k, (identity, _) in _cache.items() if match(identity)]:
-            del _cache[key]
+_identities: SingleFlightCache[str, AppIdentity] = SingleFlightCache(
+    ttl=_keep_seconds,
+    max_entries=CACHE_MAX_ENTRIES,
+    clock=lambda: _clock(),  # looked up at each call, so a test can move time
+)
 
 
 def invalidate_app(app_id: int) -> None:
     """Forget every cached identity of one application (this process only)."""
-    _drop(lambda identity: identity.app_id == app_id)
+    _identities.invalidate(lambda identity: identity.app_id == app_id)
 
 
 def invalidate_token(token_id: int) -> None:
     """Forget one access token (this process only)."""
-    _drop(lambda identity: identity.token_id == token_id)
+    _identities.invalidate(lambda identity: identity.token_id == token_id)
 
 
 def clear_token_cache() -> None:
-    global _generation
-    with _lock:
-        _generation += 1
-        _cache.clear()
+    _identities.invalidate()
 
 
 # --- lookups (sync, run in a worker thread) ---------------------------------
 
 
-def _token_identity(lookup: dict[str, Any]) -> AppIdentity | AuthError:
+def _token_identity(lookup: dict[str, Any]) -> AppIdentity:
     token = (
         get_access_token_model()
         .objects.select_related("application__policy")
@@ -157,13 +132,13 @@ def _token_identity(lookup: dict[str, Any]) -> AppIdentity | AuthError:
         .first()
     )
     if token is None or token.application is None:
-        return AuthError(401, "invalid_token", "The access token is not valid.")
+        raise AuthError(401, "invalid_token", "The access token is not valid.")
     expires_at = token.expires.timestamp()
     if expires_at <= _clock():
-        return AuthError(401, "token_expired", "The access token has expired.")
+        raise AuthError(401, "token_expired", "The access token has expired.")
     policy = AppPolicy.of(token.application)
     if not policy.enabled:
-        return AuthError(403, "app_disabled", "This app is disabled.")
+        raise AuthError(403, "app_disabled", "This app is disabled.")
     # The policy is read at use, not only at issue, so narrowing it takes effect at once.
     scopes = frozenset(token.scope.split()) & frozenset(policy.scopes)
     return _identity(
@@ -171,13 +146,13 @@ def _token_identity(lookup: dict[str, Any]) -> AppIdentity | AuthError:
     )
 
 
-def _app_identity(app_id: int) -> AppIdentity | AuthError:
+def _app_identity(app_id: int) -> AppIdentity:
     app = get_application_model().objects.select_related("policy").filter(pk=app_id).first()
     if app is None:
-        return AuthError(401, "invalid_token", "The app no longer exists.")
+        raise AuthError(401, "invalid_token", "The app no longer exists.")
     policy = AppPolicy.of(app)
     if not policy.enabled:
-        return AuthError(403, "app_disabled", "This app is disabled.")
+        raise AuthError(403, "app_disabled", "This app is disabled.")
     return _identity(app, policy, token_id=None, scopes=frozenset(policy.scopes), expires=math.inf)
 
 
@@ -199,33 +174,6 @@ _load_token = database_sync_to_async(_token_identity)
 _load_app = database_sync_to_async(_app_identity)
 
 
-async def _resolve(key: str, load: Any, arg: Any) -> AppIdentity:
-    identity = _cache_get(key)
-    if identity is not None:
-        return identity
-    # One lookup per key at a time: a burst of requests with a token this
-    # process has not seen yet waits for one query, not one each.
-    loading = _loading.get(key)
-    if loading is None:
-        loading = _loading[key] = asyncio.ensure_future(_load_and_cache(key, load, arg))
-        loading.add_done_callback(lambda _: _loading.pop(key, None))
-    result = await asyncio.shield(loading)
-    if isinstance(result, AuthError):
-        raise result
-    return result
-
-
-_loading: dict[str, asyncio.Future[AppIdentity | AuthError]] = {}
-
-
-async def _load_and_cache(key: str, load: Any, arg: Any) -> AppIdentity | AuthError:
-    generation = _generation
-    result: AppIdentity | AuthError = await load(arg)
-    if not isinstance(result, AuthError):
-        _cache_put(key, result, generation)
-    return result
-
-
 # --- public API ---------------------------------------------------------------
 
 
@@ -237,14 +185,14 @@ def token_checksum(token: str) -> str:
 async def resolve_bearer(token: str) -> AppIdentity:
     """The identity behind a bearer token. Raises AuthError (401, or 403 app_disabled)."""
     checksum = token_checksum(token)
-    return await _resolve(checksum, _load_token, {"token_checksum": checksum})
+    return await _identities.get(checksum, partial(_load_token, {"token_checksum": checksum}))
 
 
 async def resolve_token_id(token_id: int) -> AppIdentity:
     """The identity behind an access token, by primary key (ticket redemption)."""
-    return await _resolve(f"id:{token_id}", _load_token, {"pk": token_id})
+    return await _identities.get(f"id:{token_id}", partial(_load_token, {"pk": token_id}))
 
 
 async def resolve_app(app_id: int) -> AppIdentity:
     """An application's identity without any token (playground tickets); scopes from its policy."""
-    return await _resolve(f"app:{app_id}", _load_app, app_id)
+    return await _identities.get(f"app:{app_id}", partial(_load_app, app_id))

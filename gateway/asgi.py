@@ -5,7 +5,7 @@ else (admin, /o/ OAuth2, /metrics, pages) goes to Django.
 websocket: the token middleware, then the stream consumer.
 lifespan: starts the audit writer's process and the revocation listener, and
 keeps the garbage collector out of the way (start-up objects frozen, young
-collections rarer); at the end, stops the listener, closes the upstream pool
+collections rarer); at the end, stops the listeners, closes the upstream pool
 and Redis clients and stops the audit writer once it has written what it was
 given.
 """
@@ -51,8 +51,9 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     from accounts import revocation
     from audit.writer import audit_writer_stop, audit_writer_use_process
+    from gateway.redis import close_async_clients
     from streaming.core.memory import map_large_buffers
-    from streaming.core.redis_log import close_redis_clients
+    from streaming.core.redis_log import stop_cancel_listener
     from streaming.observability.livestats import ensure_ticker
     from streaming.providers.pool import close_upstream_pool
 
@@ -69,7 +70,8 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
         elif message["type"] == "lifespan.shutdown":
             await revocation.stop_listener()
             await close_upstream_pool()
-            await close_redis_clients()
+            await stop_cancel_listener()  # it would reconnect the clients closed next
+            await close_async_clients()
             # Writes what is queued, then ends the writer and its process: uvicorn
             # ends the process by its signal, and atexit handlers do not run then.
             await asyncio.to_thread(audit_writer_stop, 5.0)

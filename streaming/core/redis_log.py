@@ -27,6 +27,8 @@ import orjson
 import redis.asyncio as redis
 from django.conf import settings
 
+from gateway.redis import FOLLOW_BLOCK_SECONDS, async_client
+from gateway.redis import redis_enabled as redis_enabled  # session.py asks redis_log for it
 from streaming.core.events import END, START, Entry
 from streaming.core.log import CursorTrimmed, MemoryStreamLog
 from streaming.observability.logging import warn_throttled
@@ -34,47 +36,16 @@ from streaming.observability.logging import warn_throttled
 logger = logging.getLogger("sluice.redis")
 
 CANCEL_CHANNEL = "sluice:cancel"
-_clients: dict[tuple[asyncio.AbstractEventLoop, str], redis.Redis] = {}
 _listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
-FOLLOW_BLOCK_SECONDS = 5.0  # a reader with no keep-alive to send checks its stream this often
 
 
-def redis_enabled() -> bool:
-    return bool(settings.REDIS_URL)
-
-
-def redis_client(purpose: str = "default") -> redis.Redis:
-    """A client for this event loop; 'blocking' gets its own pool for XREAD BLOCK.
-
-    redis-py 8 times a socket read out after 5 s unless told otherwise, then
-    retries the command. An XREAD that blocks for the SSE keep-alive interval
-    (15 s) timed out, started its wait over, and never came back empty: a
-    reader on another instance sent no keep-alives through a silence, and one
-    longer than the retries broke its response. Blocking reads get a read
-    timeout past the longest block; other commands keep the 5 s default.
-    """
-    key = (asyncio.get_running_loop(), purpose)
-    client = _clients.get(key)
-    if client is None:
-        url = settings.REDIS_URL
-        if purpose == "blocking":
-            timeout = max(settings.SLUICE_SSE_KEEPALIVE_SECONDS, FOLLOW_BLOCK_SECONDS) + 5.0
-            client = redis.Redis.from_url(url, max_connections=1000, socket_timeout=timeout)
-        else:
-            client = redis.Redis.from_url(url, max_connections=50)
-        _clients[key] = client
-    return client
-
-
-async def close_redis_clients() -> None:
-    loop = asyncio.get_running_loop()
-    task = _listeners.pop(loop, None)
+async def stop_cancel_listener() -> None:
+    """Stop this event loop's cancel listener (before its Redis clients close)."""
+    task = _listeners.pop(asyncio.get_running_loop(), None)
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    for key in [k for k in _clients if k[0] is loop]:
-        await _clients.pop(key).aclose()
 
 
 def _keys(stream_id: str) -> tuple[str, str, str]:
@@ -100,7 +71,7 @@ class RedisMirror:
 
     async def _run(self) -> None:
         _, meta_key, _ = _keys(self.stream_id)
-        client = redis_client()
+        client = async_client()
         mirrored = 0
         try:
             # Running streams keep their keys; the TTL starts when they end.
@@ -181,7 +152,7 @@ class RemoteStream:
     @classmethod
     async def find(cls, stream_id: str) -> RemoteStream | None:
         _, meta_key, _ = _keys(stream_id)
-        raw: Any = await redis_client().hgetall(meta_key)
+        raw: Any = await async_client().hgetall(meta_key)
         if not raw:
             return None
         return cls(stream_id, {k.decode(): v.decode() for k, v in raw.items()})
@@ -189,8 +160,8 @@ class RemoteStream:
     async def remaining(self, cursor: int) -> bool:
         """Whether events follow ``cursor``; CursorTrimmed if they are gone."""
         log_key, _, _ = _keys(self.id)
-        first: Any = await redis_client().xrange(log_key, count=1)
-        last: Any = await redis_client().xrevrange(log_key, count=1)
+        first: Any = await async_client().xrange(log_key, count=1)
+        last: Any = await async_client().xrevrange(log_key, count=1)
         first_seq = _seq(first[0][0]) if first else 1
         last_seq = _seq(last[0][0]) if last else 0
         if cursor + 1 < first_seq or (cursor > last_seq and self.finished):
@@ -198,7 +169,7 @@ class RemoteStream:
         return cursor < last_seq or not self.finished
 
     async def request_cancel(self) -> None:
-        await redis_client().publish(CANCEL_CHANNEL, self.id)
+        await async_client().publish(CANCEL_CHANNEL, self.id)
 
     async def follow(
         self, cursor: int, *, keepalive: float | None = None
@@ -210,7 +181,7 @@ class RemoteStream:
         CursorTrimmed, never a wait for events that cannot come.
         """
         log_key, meta_key, readers_key = _keys(self.id)
-        client = redis_client("blocking")
+        client = async_client("blocking")
         max_batch_bytes = settings.SLUICE_READER_BUFFER_BYTES
         abandon = settings.SLUICE_STREAM_ABANDON_SECONDS
         # The reader's mark (below) lasts ``abandon`` seconds and is renewed
@@ -228,7 +199,7 @@ class RemoteStream:
             if not reply:
                 if self.finished:
                     raise CursorTrimmed(f"stream {self.id} expired while it was read")
-                status = await redis_client().hget(meta_key, "status")
+                status = await async_client().hget(meta_key, "status")
                 if status is None:
                     raise CursorTrimmed(f"stream {self.id} expired while it was read")
                 self.finished = status == b"done"  # if so, the next read settles it at once
@@ -250,7 +221,7 @@ def _seq(entry_id: bytes) -> int:
 async def remote_reader_active(stream_id: str) -> bool:
     _, _, readers_key = _keys(stream_id)
     try:
-        return bool(await redis_client().exists(readers_key))
+        return bool(await async_client().exists(readers_key))
     except (redis.RedisError, OSError):
         return False
 
@@ -266,7 +237,7 @@ def ensure_cancel_listener(cancel_local: Callable[[str], None]) -> None:
 async def _listen(cancel_local: Callable[[str], None]) -> None:
     while True:
         try:
-            pubsub = redis_client().pubsub()
+            pubsub = async_client().pubsub()
             await pubsub.subscribe(CANCEL_CHANNEL)
             async for message in pubsub.listen():
                 if message.get("type") == "message":

@@ -21,9 +21,9 @@ from collections import deque
 from typing import Any
 
 import orjson
-from django.conf import settings
 
 from audit.writer import audit_writer_stats
+from gateway.redis import async_client, redis_enabled
 from streaming.observability.export import sync_multiprocess_audit
 from streaming.observability.logging import warn_throttled
 
@@ -180,17 +180,15 @@ def _tick(loop: asyncio.AbstractEventLoop) -> None:
         return
     STATS.sample(time.time())
     sync_multiprocess_audit()
-    if settings.REDIS_URL:
+    if redis_enabled():
         loop.create_task(_publish())
     loop.call_later(1.0, _tick, loop)
 
 
 async def _publish() -> None:
-    from streaming.core.redis_log import redis_client
-
     try:
         async with asyncio.timeout(2.0):
-            pipe = redis_client().pipeline(transaction=False)
+            pipe = async_client().pipeline(transaction=False)
             pipe.hset(REDIS_KEY, INSTANCE, orjson.dumps(STATS.snapshot()))
             pipe.expire(REDIS_KEY, int(STALE_SECONDS * 4))
             await pipe.execute()
@@ -202,16 +200,14 @@ async def deployment_snapshot() -> dict[str, Any]:
     """Every live instance's snapshot merged (this one's alone without Redis)."""
     ensure_ticker()
     snapshots = [STATS.snapshot()]
-    if settings.REDIS_URL:
+    if redis_enabled():
         with contextlib.suppress(Exception):
             snapshots = await _instance_snapshots() or snapshots
     return merge(snapshots)
 
 
 async def _instance_snapshots() -> list[dict[str, Any]]:
-    from streaming.core.redis_log import redis_client
-
-    client = redis_client()
+    client = async_client()
     async with asyncio.timeout(2.0):
         raw: dict[Any, Any] = await client.hgetall(REDIS_KEY)
     now = time.time()

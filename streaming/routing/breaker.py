@@ -22,9 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 
+from gateway.redis import async_client, redis_enabled, sync_client
 from streaming.observability.logging import warn_throttled
 from streaming.providers.base import UpstreamTarget
 
@@ -192,11 +192,6 @@ class RedisBreakers:
         self.cached: dict[str, tuple[float, BreakerState]] = {}
         self.clock = time.time
 
-    def _client(self) -> aioredis.Redis:
-        from streaming.core.redis_log import redis_client
-
-        return redis_client()
-
     def get(self, key: str) -> BreakerState:
         hit = self.cached.get(key)
         return hit[1] if hit else BreakerState()
@@ -211,7 +206,7 @@ class RedisBreakers:
         if not stale:
             return
         try:
-            async with self._client().pipeline(transaction=False) as pipe:
+            async with async_client().pipeline(transaction=False) as pipe:
                 for key in stale:
                     pipe.hgetall(key)
                 results = await pipe.execute()
@@ -230,7 +225,7 @@ class RedisBreakers:
         if not allowed:
             return False
         try:
-            script = self._client().register_script(_PROBE_LUA)
+            script = async_client().register_script(_PROBE_LUA)
             taken = await script(keys=[key], args=[now, config.cooldown, now + config.probe_lease])
         except (redis.RedisError, OSError):
             return True
@@ -243,7 +238,7 @@ class RedisBreakers:
         if state.clean:
             return
         try:
-            async with self._client().pipeline(transaction=True) as pipe:
+            async with async_client().pipeline(transaction=True) as pipe:
                 pipe.hdel(key, "opened_at", "probe_until")
                 pipe.hset(key, "failures", 0)
                 await pipe.execute()
@@ -254,7 +249,7 @@ class RedisBreakers:
     async def failure(self, key: str, error: str) -> None:
         config = breaker_config()
         try:
-            script = self._client().register_script(_FAILURE_LUA)
+            script = async_client().register_script(_FAILURE_LUA)
             raw = await script(
                 keys=[key], args=[self.clock(), error[:300], config.failures, config.ttl]
             )
@@ -270,7 +265,7 @@ _redis = RedisBreakers()
 
 def breakers() -> MemoryBreakers | RedisBreakers:
     """This process's breakers: shared through Redis when it is configured."""
-    return _redis if settings.REDIS_URL else _memory
+    return _redis if redis_enabled() else _memory
 
 
 # -- for the admin (sync) ---------------------------------------------------
@@ -285,19 +280,10 @@ class CircuitView:
     last_failure_at: float | None
 
 
-_sync_clients: list[redis.Redis] = []
-
-
-def _sync_client() -> redis.Redis:
-    if not _sync_clients:
-        _sync_clients.append(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2.0))
-    return _sync_clients[0]
-
-
 def _read_states(keys: list[str]) -> list[BreakerState]:
-    if not settings.REDIS_URL:
+    if not redis_enabled():
         return [_memory.get(key) for key in keys]
-    pipe = _sync_client().pipeline(transaction=False)
+    pipe = sync_client().pipeline(transaction=False)
     for key in keys:
         pipe.hgetall(key)
     return [_decode(raw) for raw in pipe.execute()]
@@ -325,5 +311,5 @@ def reset_circuits(targets: list[tuple[str, str]]) -> None:
     for key in keys:
         _memory.states.pop(key, None)
         _redis.cached.pop(key, None)
-    if settings.REDIS_URL and keys:
-        _sync_client().delete(*keys)
+    if redis_enabled() and keys:
+        sync_client().delete(*keys)

@@ -11,17 +11,18 @@ within SLUICE_CONFIG_CACHE_SECONDS.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 
-from streaming.core.redis_log import redis_client
+from gateway.cache import SingleFlightCache
+from gateway.redis import async_client, redis_enabled, sync_client
 from streaming.models import ModelRoute, default_retry_on, default_retry_same_target_on
 from streaming.observability.logging import warn_throttled
 from streaming.providers.base import UpstreamTarget
@@ -65,36 +66,37 @@ class ResolvedRoute:
     policy: RoutePolicy
 
 
-_routes: dict[str, tuple[float, ResolvedRoute | None]] = {}
-_names: list[tuple[float, tuple[str, ...]]] = []
-# Bumped on every clear, so a load that raced with a change is not cached.
-_generation = [0]
+def _keep_seconds(_: object) -> float:
+    return settings.SLUICE_CONFIG_CACHE_SECONDS
+
+
+# A model with no enabled route is kept too (None): asking again costs a query.
+_routes: SingleFlightCache[str, ResolvedRoute | None] = SingleFlightCache(
+    ttl=_keep_seconds, max_entries=10_000
+)
+_names: SingleFlightCache[str, tuple[str, ...]] = SingleFlightCache(
+    ttl=_keep_seconds, max_entries=1
+)
 
 
 def _clear_local() -> None:
-    _routes.clear()
-    _names.clear()
-    _generation[0] += 1
+    _routes.invalidate()
+    _names.invalidate()
 
 
 def invalidate_routes() -> None:
     """The configuration changed: forget cached routes here, and tell other instances."""
     _clear_local()
-    if settings.REDIS_URL:
+    if redis_enabled():
         # After the commit, or another instance could reload the old rows.
         transaction.on_commit(_bump_config_version)
 
 
 # -- cross-instance invalidation ------------------------------------------
-_sync_redis: list[redis.Redis] = []
-
-
 def _bump_config_version() -> None:
     _clear_local()
-    if not _sync_redis:
-        _sync_redis.append(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2.0))
     try:
-        _sync_redis[0].incr(CONFIG_VERSION_KEY)
+        sync_client().incr(CONFIG_VERSION_KEY)
     except (redis.RedisError, OSError):
         warn_throttled(
             logger, "could not publish a config change; other instances see it after the TTL"
@@ -113,7 +115,7 @@ async def _check_config_version() -> None:
         return
     _VersionCheck.checked_at = now  # before the await: one check at a time
     try:
-        version = await redis_client().get(CONFIG_VERSION_KEY)
+        version = await async_client().get(CONFIG_VERSION_KEY)
     except (redis.RedisError, OSError):
         warn_throttled(logger, "could not read the config version from Redis")
         return
@@ -167,44 +169,19 @@ def _load_names() -> tuple[str, ...]:
     return tuple(ModelRoute.objects.filter(enabled=True).values_list("model", flat=True))
 
 
+_load_route_async = database_sync_to_async(_load_route)
+_load_names_async = database_sync_to_async(_load_names)
+
+
 async def resolve_route(model: str) -> ResolvedRoute | None:
     """The enabled route for a public model name, or None."""
-    if settings.REDIS_URL:
+    if redis_enabled():
         await _check_config_version()
-    hit = _routes.get(model)
-    if hit is not None and hit[0] > time.monotonic():
-        return hit[1]
-    # One load per model at a time: a burst of requests after a miss waits for
-    # the same query instead of queueing one each on the database thread.
-    loading = _loading.get(model)
-    if loading is None:
-        loading = _loading[model] = asyncio.ensure_future(_load_and_cache(model))
-        loading.add_done_callback(lambda _: _loading.pop(model, None))
-    return await asyncio.shield(loading)
-
-
-_loading: dict[str, asyncio.Future[ResolvedRoute | None]] = {}
-
-
-async def _load_and_cache(model: str) -> ResolvedRoute | None:
-    generation = _generation[0]
-    route = await database_sync_to_async(_load_route)(model)
-    if generation == _generation[0]:
-        if len(_routes) > 10_000:
-            _routes.clear()
-        _routes[model] = (time.monotonic() + settings.SLUICE_CONFIG_CACHE_SECONDS, route)
-    return route
+    return await _routes.get(model, partial(_load_route_async, model))
 
 
 async def route_names() -> tuple[str, ...]:
     """Public names of all enabled routes."""
-    if settings.REDIS_URL:
+    if redis_enabled():
         await _check_config_version()
-    now = time.monotonic()
-    if _names and _names[0][0] > now:
-        return _names[0][1]
-    generation = _generation[0]
-    names = await database_sync_to_async(_load_names)()
-    if generation == _generation[0]:
-        _names[:] = [(now + settings.SLUICE_CONFIG_CACHE_SECONDS, names)]
-    return names
+    return await _names.get("enabled", _load_names_async)

@@ -15,7 +15,8 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from streaming.core.redis_log import redis_client, redis_enabled
+from gateway.redis import async_client as redis_client
+from gateway.redis import redis_enabled
 
 CHECK_SECONDS = 2.0
 

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from redis.exceptions import RedisError
 
 from accounts.identity import AppIdentity
+from gateway.redis import redis_enabled
 from streaming.core.finished import EndedStream
 from streaming.core.log import CursorTrimmed
-from streaming.core.redis_log import RemoteStream, redis_enabled
+from streaming.core.redis_log import RemoteStream
 from streaming.core.session import StreamSession, get_session
 from streaming.transports.errors import ApiError
 

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.db import database_sync_to_async
 from django.utils import timezone
 from oauth2_provider.models import AccessToken
 
@@ -47,7 +49,7 @@ async def test_cached_identity_never_outlives_its_token(
     alice_token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     who = await resolve_bearer(alice_token)
-    monkeypatch.setattr(identity, "_clock", lambda: who.expires_at + 1)
+    monkeypatch.setattr(identity, "_clock", lambda: who.expires_at + 1)  # the cache's clock too
 
     with pytest.raises(AuthError) as err:
         await resolve_bearer(alice_token)
@@ -143,23 +145,68 @@ async def test_invalidating_bob_leaves_alice_cached(
 
     identity.invalidate_app(bob.app.pk)
 
-    assert identity._cache_get(identity.token_checksum(alice_token)) is alice_who
-    assert identity._cache_get(identity.token_checksum(bob_token)) is None
+    assert identity._identities.peek(identity.token_checksum(alice_token)) is alice_who
+    assert identity._identities.peek(identity.token_checksum(bob_token)) is None
 
 
-def test_cache_is_bounded_and_keyed_by_checksum(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(identity, "CACHE_MAX_ENTRIES", 3)
-    who = identity.AppIdentity(1, "c", "n", 1, frozenset(), None, identity._clock() + 60)
-    for key in "abcd":
-        identity._cache_put(key, who, identity._generation)
+async def test_cache_is_bounded_and_keyed_by_checksum(alice_token: str) -> None:
+    who = await resolve_bearer(alice_token)
 
-    assert list(identity._cache) == ["b", "c", "d"]
+    assert identity._identities.max_entries == identity.CACHE_MAX_ENTRIES
+    assert len(identity._identities) == 1
+    assert identity._identities.peek(identity.token_checksum(alice_token)) is who
+    assert identity._identities.peek(alice_token) is None
 
 
-def test_lookup_racing_an_invalidation_is_not_cached() -> None:
-    who = identity.AppIdentity(1, "c", "n", 1, frozenset(), None, identity._clock() + 60)
-    generation = identity._generation
-    identity.invalidate_app(1)
-    identity._cache_put("k", who, generation)
+async def test_concurrent_lookups_of_a_new_token_make_one_query(
+    alice_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries: list[object] = []
+    monkeypatch.setattr(identity, "_load_token", _counting(identity._token_identity, queries))
 
-    assert identity._cache_get("k") is None
+    found = await asyncio.gather(*(resolve_bearer(alice_token) for _ in range(10)))
+
+    assert len(queries) == 1
+    assert all(who is found[0] for who in found)
+
+
+async def test_invalid_tokens_are_not_cached(alice: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    queries: list[object] = []
+    monkeypatch.setattr(identity, "_load_token", _counting(identity._token_identity, queries))
+
+    for _ in range(2):
+        with pytest.raises(AuthError):
+            await resolve_bearer("charlie-made-this-up")
+
+    assert len(queries) == 2
+    assert len(identity._identities) == 0
+
+
+def _counting(lookup, queries: list[object]):  # type: ignore[no-untyped-def]
+    def counted(arg):  # type: ignore[no-untyped-def]
+        queries.append(arg)
+        return lookup(arg)
+
+    return database_sync_to_async(counted)
+
+
+async def test_lookup_racing_an_invalidation_is_not_cached(
+    alice: App, alice_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load = identity._load_token
+    read, revoked = asyncio.Event(), asyncio.Event()
+
+    async def racing_load(lookup):  # type: ignore[no-untyped-def]
+        who = await load(lookup)
+        read.set()
+        await revoked.wait()
+        return who
+
+    monkeypatch.setattr(identity, "_load_token", racing_load)
+    lookup = asyncio.create_task(resolve_bearer(alice_token))
+    await read.wait()
+    identity.invalidate_app(alice.app.pk)
+    revoked.set()
+
+    assert (await lookup).app_id == alice.app.pk
+    assert identity._identities.peek(identity.token_checksum(alice_token)) is None

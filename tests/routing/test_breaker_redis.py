@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.core.redis_log import close_redis_clients
+from gateway.redis import close_async_clients
 from streaming.routing.breaker import RedisBreakers, target_key
 from tests.conftest import unique
 
@@ -44,4 +44,4 @@ async def test_only_one_instance_gets_the_half_open_probe(boards):
         assert await two.admit(key)
         assert two.get(key).failures == 0 and two.get(key).last_error
     finally:
-        await close_redis_clients()
+        await close_async_clients()
