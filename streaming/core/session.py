@@ -357,7 +357,3 @@ def cancel_local(stream_id: str) -> None:
 def get_session(stream_id: str) -> StreamSession | finished.EndedStream | None:
     """The stream if it runs on this instance, or ended here within its TTL."""
     return _sessions.get(stream_id) or finished.find(stream_id)
-
-
-def active_sessions() -> list[StreamSession]:
-    return list(_sessions.values())
