@@ -22,16 +22,11 @@ from streaming.core.session import StreamSession
 from streaming.observability import metrics
 from streaming.providers import ChatRequest
 from streaming.routing.routes import ResolvedRoute, resolve_route, route_names
+from streaming.transports.consumer import endpoint
 from streaming.transports.encoders.chat import ChatChunks, ChatEventSource, ChatNDJSON, ChatSSE
 from streaming.transports.encoders.text import PlainText
 from streaming.transports.errors import ApiError
-from streaming.transports.http import (
-    ApiRequest,
-    JsonResponse,
-    StreamResponse,
-    endpoint,
-    wait_disconnect,
-)
+from streaming.transports.http import ApiRequest, JsonResponse, StreamResponse, wait_disconnect
 from streaming.transports.schema import parse_chat_request, parse_json_body
 from streaming.transports.streams import StreamHandle, check_cursor, find_stream, request_cancel
 

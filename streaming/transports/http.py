@@ -1,11 +1,12 @@
-"""A thin ASGI layer for the streaming API.
+"""Requests and responses of the streaming API, over plain ASGI messages.
 
-The hot routes skip Django's request/middleware stack: they parse what they
-need from the ASGI scope, authenticate through the cached token resolver, and
-stream. A streaming response runs its body and a disconnect watcher side by
-side, so a client that goes away stops its reader at once; and it watches its
-identity (accounts.revocation), so a revoked or expired one ends it at once,
-with a last error in the response's own format.
+The hot routes skip Django's request/middleware stack (see
+``transports.consumer``): they parse what they need from the ASGI scope,
+authenticate through the cached token resolver, and stream. A streaming
+response runs its reader and a disconnect watcher side by side, so a client
+that goes away stops its reader at once; and it watches its identity
+(accounts.revocation), so a revoked or expired one ends it at once, with a
+last error in the response's own format.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from django.conf import settings
@@ -27,7 +27,6 @@ from accounts import revocation
 from accounts.identity import AppIdentity
 from streaming.core.log import CursorTrimmed
 from streaming.core.reader import UNREADABLE, Reader, ReaderStalled
-from streaming.observability.logging import bind, request_id
 from streaming.transports.errors import ApiError
 
 logger = logging.getLogger("sluice.http")
@@ -245,71 +244,7 @@ async def wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body larger than {limit} bytes", code="request_too_large")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _build_request(scope: Scope, body: bytes, receive: Receive) -> ApiRequest:
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-    client = scope.get("client")
-    return ApiRequest(
-        method=scope["method"],
-        path=scope["path"],
-        headers=headers,
-        query=query,
-        body=body,
-        client_ip=client[0] if client else None,
-        path_params=scope.get("url_route", {}).get("kwargs", {}),
-        receive=receive,
-    )
-
-
 async def unknown_url(scope: Scope, receive: Receive, send: Send) -> None:
     """An API path that does not exist: a JSON 404 an SDK can read, not an HTML page."""
     error = ApiError(404, f"Invalid URL ({scope['method']} {scope['path']})", code="unknown_url")
     await JsonResponse(error.body(), status=404).send(send, receive)
-
-
-Handler = Callable[[ApiRequest], Awaitable[JsonResponse | StreamResponse]]
-
-
-def endpoint(methods: dict[str, Handler]) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """An ASGI app dispatching on method, turning ApiError into OpenAI error JSON."""
-    allowed = ", ".join(sorted(methods))
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        response: JsonResponse | StreamResponse
-        bind(request_id=request_id(scope["headers"]))
-        try:
-            handler = methods.get(scope["method"])
-            if handler is None:
-                raise ApiError(
-                    405, f"method {scope['method']} not allowed", headers={"Allow": allowed}
-                )
-            limit = settings.SLUICE_MAX_REQUEST_BYTES
-            body = await _read_body(receive, limit) if scope["method"] in ("POST", "PUT") else b""
-            response = await handler(_build_request(scope, body, receive))
-        except ApiError as error:
-            response = JsonResponse(error.body(), status=error.status, headers=error.headers)
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            internal = ApiError(500, "internal error", code="internal_error")
-            response = JsonResponse(internal.body(), status=500)
-        await response.send(send, receive)
-
-    return app
