@@ -20,6 +20,13 @@ Kinds and payloads:
   ``total_tokens`` and their details).
 - ``ERROR``: a ``Failure``: the stream failed.
 - ``END``: empty; nothing follows.
+- ``REFUSAL``: a JSON string, a piece of a refusal (OpenAI's structured outputs).
+- ``LOGPROBS``: the log probabilities of the text just before it, in OpenAI's
+  shape (``{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}``),
+  for clients that asked for them.
+
+Kinds are numbered once and for all: a log in Redis outlives the process that
+wrote it, and another instance reads it.
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ FINISH = 4
 USAGE = 5
 ERROR = 6
 END = 7
-
-OUTPUT = (TEXT, REASONING, TOOL_CALL, FINISH)  # what counts as the answer's output
+REFUSAL = 8
+LOGPROBS = 9
 
 Entry = tuple[int, int, bytes]  # (seq, kind, payload)
 
@@ -114,6 +121,12 @@ def events_of(body: dict[str, Any], *, usage: bool) -> Iterator[tuple[int, bytes
                 yield REASONING, orjson.dumps(reasoning)
             for call in delta.get("tool_calls") or ():
                 yield TOOL_CALL, orjson.dumps(_tool_call(call))
+            refusal = delta.get("refusal")
+            if refusal and isinstance(refusal, str):
+                yield REFUSAL, orjson.dumps(refusal)
+        logprobs = choice.get("logprobs")
+        if logprobs and isinstance(logprobs, dict):
+            yield LOGPROBS, orjson.dumps(logprobs)
         reason = choice.get("finish_reason")
         if reason:
             yield FINISH, orjson.dumps(reason)

@@ -19,6 +19,7 @@ from streaming.core.events import END, ERROR, Entry
 # fields (id, object, created, a model name of up to 64 characters, choices)
 # in a WebSocket message is about 250 bytes around a text delta.
 FRAMING_BYTES = 256
+_UNCAPPED = frozenset((ERROR, END))  # a full log can still say so and end
 
 
 class StreamLogFull(Exception):
@@ -81,7 +82,7 @@ class MemoryStreamLog:
         """Add an event; never waits. Raises StreamLogFull past the cap."""
         if self.ended:
             raise RuntimeError("append to an ended stream log")
-        if kind < ERROR and (
+        if kind not in _UNCAPPED and (
             len(self._kinds) >= self.limits.max_events
             or len(self._data) + len(payload) > self.limits.max_bytes
         ):

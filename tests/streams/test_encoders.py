@@ -15,7 +15,9 @@ from streaming.core.events import (
     END,
     ERROR,
     FINISH,
+    LOGPROBS,
     REASONING,
+    REFUSAL,
     START,
     TEXT,
     TOOL_CALL,
@@ -224,3 +226,24 @@ def test_eventsource_readers_get_a_named_done_event() -> None:
 
 def test_plain_text_is_only_the_answer() -> None:
     assert PlainText().encode(answer()) == 'Hé "there"\n\n'.encode()
+
+
+def test_refusals_and_log_probabilities_reach_the_client_in_openai_s_shape() -> None:
+    logprobs = {
+        "content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]
+    }
+    body = {"choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": logprobs}]}
+    refusal = {"choices": [{"index": 0, "delta": {"refusal": "I can't help with that."}}]}
+    events = [
+        (seq, kind, payload)
+        for seq, (kind, payload) in enumerate(
+            [*events_of(body, usage=False), *events_of(refusal, usage=False)], 1
+        )
+    ]
+
+    chunks = chunks_of(ChatSSE(ChatChunks(STREAM, 0, "m"), retry_ms=0).encode(events))
+
+    assert [kind for _, kind, _ in events] == [TEXT, LOGPROBS, REFUSAL]
+    assert chunks[0]["choices"][0]["delta"] == {"content": "Hi"}
+    assert chunks[1]["choices"][0]["logprobs"] == logprobs
+    assert chunks[2]["choices"][0]["delta"] == {"refusal": "I can't help with that."}

@@ -19,7 +19,9 @@ from streaming.core.events import (
     END,
     ERROR,
     FINISH,
+    LOGPROBS,
     REASONING,
+    REFUSAL,
     START,
     TEXT,
     TOOL_CALL,
@@ -62,6 +64,11 @@ class ChatChunks:
             return self._prefix + b'"choices":[%s]}' % choice
         if kind == USAGE:
             return self._prefix + b'"choices":[],"usage":%s}' % payload
+        if kind == REFUSAL:
+            return self._delta(b'{"refusal":%s}' % payload)
+        if kind == LOGPROBS:
+            choice = b'{"index":0,"delta":{},"logprobs":%s,"finish_reason":null}' % payload
+            return self._prefix + b'"choices":[%s]}' % choice
         raise ValueError(f"no chunk for an event of kind {kind}")
 
     def _delta(self, delta: bytes) -> bytes:
