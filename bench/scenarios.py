@@ -52,7 +52,11 @@ class Sizes:
     open_streams: int = 1000
     open_tokens: int = 12
     open_delay: float = 1.0
-    stalled_tokens: int = 25_000  # about 5 MB of SSE
+    # A log of about 5 MB: neutral events are about 20 bytes a token (50 MB on
+    # the wire). With 25,000 tokens the log was 0.4 MB, under the RSS the
+    # process keeps anyway (about 1 MiB), so what stays after it expired said
+    # nothing about the log.
+    stalled_tokens: int = 250_000
     stall_seconds: float = 2.0  # SLUICE_READER_STALL_SECONDS for the stalled reader
     ttl_seconds: int = 6  # SLUICE_STREAM_TTL_SECONDS for the stalled reader
     stall_runs: int = 3  # the stalled reader's figures are medians of this many runs

@@ -2,7 +2,7 @@
 
 One client starts a stream and a few more follow it (``GET /v1/streams/<id>``),
 each over a raw socket with a small receive buffer; they read the response
-head and then nothing more while the stream produces about 5 MB. The
+head and then nothing more while the stream logs about 5 MB. The
 baseline is the same stream read by one client that keeps up: the log is
 the same size, so the difference in RSS, divided by the number of stalled
 readers, is what one stalled reader holds, everything included (its
@@ -153,6 +153,7 @@ def _env(bench: Bench) -> dict[str, str]:
     return {
         "SLUICE_READER_STALL_SECONDS": str(bench.sizes.stall_seconds),
         "SLUICE_STREAM_TTL_SECONDS": str(bench.sizes.ttl_seconds),
+        "SLUICE_STREAM_MAX_EVENTS": str(bench.sizes.stalled_tokens * 2),
         "SLUICE_STREAM_ABANDON_SECONDS": "60",
     }
 

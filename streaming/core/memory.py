@@ -20,7 +20,10 @@ import ctypes.util
 import sys
 from typing import Any
 
-RELEASE_AFTER_BYTES = 1 << 20
+# A log holds neutral events (a token is its text and a few bytes): a stream
+# whose log reaches this had a transcript, an audit record and readers' writes
+# several times its size, freed by now.
+RELEASE_AFTER_BYTES = 256 * 1024
 
 
 def _load_libc() -> tuple[Any, Any]:

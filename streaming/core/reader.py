@@ -262,7 +262,6 @@ class Reader(Generic[T]):
                 raise
             watch.task.uncancel()
             reason = "slow_client"
-            raise ReaderStalled(f"a send waited {watch.limit}s") from None
         except UNREADABLE:
             reason = "broken"
             raise
@@ -274,3 +273,8 @@ class Reader(Generic[T]):
             handle.detach()
             for observer in self.observers:
                 observer.closed(reason)
+        if reason == "slow_client":
+            # Raised out here, not from the handler: an exception raised while
+            # handling the cancellation would carry it, and its frames (with the
+            # write that did not go out) for as long as the new one is kept.
+            raise ReaderStalled(f"a send waited {watch.limit}s")
