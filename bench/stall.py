@@ -184,11 +184,12 @@ def _measure(bench: Bench, server: str) -> StallFigures:
         clients = stalled_clients(bench, gateway, count)
         time.sleep(stall + 0.5)  # they stopped reading at once: cut off by now
         cut_off = all(client.disconnected() for client in clients)
-        client_bytes = max(client.drain()[1] for client in clients)
-        # One reader keeping up, as in the baseline; it reads to the stream's end.
+        # One reader keeping up, as in the baseline; it reads to the stream's end
+        # (before the stalled ones are drained: on daphne that is the whole stream each).
         tokens, log_bytes = replay(gateway.port, bench.token, clients[0].stream_id)
         stalled_growth = peak_rss_kib(pid) - idle
         peak = peak_rss_kib(pid) / 1024
+        client_bytes = max(client.drain()[1] for client in clients)
         time.sleep(ttl + 1.5)
         after = rss_kib(pid)
         cpu = cpu_seconds(pid) - cpu0

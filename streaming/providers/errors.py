@@ -52,20 +52,24 @@ class UpstreamError(Exception):
 
 
 # -- the target is unhealthy: retried elsewhere, counted by the circuit breaker --
-class ConnectError(UpstreamError):
+class TargetFailure(UpstreamError):
+    """The target failed, not the request: the circuit breaker counts it."""
+
+    counts_against_breaker = True
+
+
+class ConnectError(TargetFailure):
     """No connection to the upstream (refused, DNS, TLS, connect timeout)."""
 
     error_class = "connect_error"
     retry_kind = "connect_error"
-    counts_against_breaker = True
 
 
-class Timeout(UpstreamError):
+class Timeout(TargetFailure):
     """The upstream took too long to answer."""
 
     error_class = "timeout"
     retry_kind = "timeout"
-    counts_against_breaker = True
 
 
 class FirstTokenTimeout(Timeout):
@@ -80,20 +84,18 @@ class Stall(Timeout):
     error_class = "stall"
 
 
-class RateLimited(UpstreamError):
+class RateLimited(TargetFailure):
     """HTTP 429 or a rate-limit error event; ``retry_after`` says how long to wait, if known."""
 
     error_class = "rate_limited"
     retry_kind = "rate_limited"
-    counts_against_breaker = True
 
 
-class ServerError(UpstreamError):
+class ServerError(TargetFailure):
     """HTTP 5xx, or an overloaded / api error event."""
 
     error_class = "server_error"
     retry_kind = "server_error"
-    counts_against_breaker = True
 
 
 class ProtocolError(ServerError):
@@ -108,12 +110,11 @@ class ProviderError(ServerError):
     error_class = "provider_error"
 
 
-class AuthError(UpstreamError):
+class AuthError(TargetFailure):
     """HTTP 401/403: the upstream refused the gateway's own key (a misconfigured target)."""
 
     error_class = "auth_error"
     retry_kind = "auth_error"
-    counts_against_breaker = True
 
 
 # -- the request's fault: the target is fine ----------------------------------
@@ -173,6 +174,7 @@ __all__ = [
     "RouteExhausted",
     "ServerError",
     "Stall",
+    "TargetFailure",
     "Timeout",
     "UpstreamError",
 ]
