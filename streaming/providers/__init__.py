@@ -1,28 +1,14 @@
-"""Provider adapters, one module per upstream wire format."""
+"""Provider adapters, one module per upstream wire format.
+
+The failures they raise are the classes of ``streaming.providers.errors``.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 
 from streaming.providers.base import ChatRequest, ProviderAdapter, UpstreamTarget
-from streaming.providers.errors import (
-    AuthError,
-    CircuitOpen,
-    ClientError,
-    ConnectError,
-    ContentFilter,
-    ContextLength,
-    FirstTokenTimeout,
-    NoTarget,
-    ProtocolError,
-    ProviderError,
-    RateLimited,
-    RouteExhausted,
-    ServerError,
-    Stall,
-    Timeout,
-    UpstreamError,
-)
+from streaming.providers.errors import UpstreamError
 
 
 @cache
@@ -44,23 +30,8 @@ def adapter_for(kind: str) -> ProviderAdapter:
 
 
 __all__ = [
-    "AuthError",
     "ChatRequest",
-    "CircuitOpen",
-    "ClientError",
-    "ConnectError",
-    "ContentFilter",
-    "ContextLength",
-    "FirstTokenTimeout",
-    "NoTarget",
-    "ProtocolError",
     "ProviderAdapter",
-    "ProviderError",
-    "RateLimited",
-    "RouteExhausted",
-    "ServerError",
-    "Stall",
-    "Timeout",
     "UpstreamError",
     "UpstreamTarget",
     "adapter_for",

@@ -69,6 +69,30 @@ def test_include_usage_adds_a_usage_chunk(gateway, alice, sdk, make_route, upstr
     assert all(c.usage is None for c in without)
 
 
+def test_log_probabilities_reach_the_sdk_with_their_tokens(
+    gateway, alice, sdk, make_route, upstream
+):
+    upstream_model = unique("up")
+    upstream.script(upstream_model, tokens=["Hi", " there"])
+    model = openai_route(make_route, upstream, upstream_model)
+
+    chunks = list(
+        sdk(alice).chat.completions.create(
+            model=model, stream=True, logprobs=True, messages=[{"role": "user", "content": "x"}]
+        )
+    )
+
+    tokens = [
+        entry.token
+        for chunk in chunks
+        if chunk.choices and chunk.choices[0].logprobs
+        for entry in chunk.choices[0].logprobs.content or ()
+    ]
+    assert tokens == ["Hi", " there"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi there"
+    assert upstream.requests_for(upstream_model)[0].body["logprobs"] is True
+
+
 def test_non_streaming_completion(gateway, alice, sdk, make_route, upstream):
     upstream_model = unique("up")
     upstream.script(upstream_model, tokens=["Four", "."])

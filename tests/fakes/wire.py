@@ -118,8 +118,10 @@ class OpenAIChunks:
         }
         self.include_usage = include_usage
 
-    def frame(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def frame(
+        self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
+    ) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         chunk: dict[str, Any] = {**self.base, "choices": [choice]}
         if self.include_usage:
             chunk["usage"] = None
@@ -134,13 +136,24 @@ class OpenAIChunks:
         return b"data: " + _dumps({**self.base, "choices": [], "usage": usage}) + b"\n\n"
 
 
+def token_logprobs(token: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """A content token's log probability, as OpenAI sends it when asked (``logprobs``)."""
+    if not body.get("logprobs"):
+        return None
+    entry = {"token": token, "logprob": -0.25, "bytes": list(token.encode()), "top_logprobs": []}
+    return {"content": [entry], "refusal": None}
+
+
 def openai_frames(script: Script, body: dict[str, Any]) -> list[Frame]:
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     chunks = OpenAIChunks(body.get("model", ""), include_usage)
     frames: list[Frame] = [
         (chunks.frame({"role": "assistant", "content": "", "refusal": None}), False)
     ]
-    frames += [(chunks.frame({"content": token}), True) for token in script.tokens]
+    frames += [
+        (chunks.frame({"content": token}, logprobs=token_logprobs(token, body)), True)
+        for token in script.tokens
+    ]
     if script.tool_name:
         call = {
             "index": 0,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from streaming.providers import RateLimited, ServerError, UpstreamTarget
+from streaming.providers import UpstreamTarget
+from streaming.providers.errors import RateLimited, ServerError
 from streaming.routing.fallback import backoff_delay, plan_attempts, weighted_order
 from streaming.routing.routes import ResolvedRoute, RoutePolicy, TargetChoice
 
