@@ -150,13 +150,26 @@ T_co = TypeVar("T_co", covariant=True)
 
 
 class StreamHandle(Protocol):
-    """What a reader needs of a stream, wherever it runs (see transports.streams)."""
+    """A stream as its readers see it, wherever it runs: a ``StreamSession``
+    here, an ``EndedStream`` kept here, a ``RemoteStream`` read through Redis
+    (found by transports.streams)."""
 
-    id: str
-    created: int
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def app_id(self) -> int: ...
+
+    @property
+    def created(self) -> int: ...
 
     @property
     def finished(self) -> bool: ...
+
+    async def remaining(self, cursor: int) -> bool:
+        """Whether events follow ``cursor``; CursorTrimmed if it is not in the log."""
+
+    async def request_cancel(self) -> None: ...
 
     def model_at(self, cursor: int) -> str:
         """The model answering at ``cursor`` (for encoders that name it)."""

@@ -17,7 +17,7 @@ from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
 from accounts.tickets import issue_ticket
 from streaming.core.events import ERROR, Failure
-from streaming.core.reader import Encoder, Reader
+from streaming.core.reader import Encoder, Reader, StreamHandle
 from streaming.core.session import StreamSession
 from streaming.observability import metrics
 from streaming.providers import ChatRequest
@@ -28,7 +28,7 @@ from streaming.transports.encoders.text import PlainText
 from streaming.transports.errors import ApiError
 from streaming.transports.http import ApiRequest, JsonResponse, StreamResponse, wait_disconnect
 from streaming.transports.schema import parse_chat_request, parse_json_body
-from streaming.transports.streams import StreamHandle, check_cursor, find_stream, request_cancel
+from streaming.transports.streams import check_cursor, find_stream, request_cancel
 
 CONTENT_TYPES = {
     "sse": b"text/event-stream; charset=utf-8",

@@ -1,8 +1,7 @@
 """Finding a stream by id: running here, ended here, or (with Redis) on another instance.
 
-Each kind of handle offers the same reader-facing surface: ``id``,
-``app_id``, ``finished``, ``remaining(cursor)``, ``follow(cursor, ...)`` and
-``request_cancel()``, so the transports do not care where a stream runs.
+Each kind offers the same surface (``core.reader.StreamHandle``), so the
+transports do not care where a stream runs.
 """
 
 from __future__ import annotations
@@ -14,13 +13,11 @@ from redis.exceptions import RedisError
 
 from accounts.identity import AppIdentity
 from gateway.redis import redis_enabled
-from streaming.core.finished import EndedStream
 from streaming.core.log import CursorTrimmed
+from streaming.core.reader import StreamHandle
 from streaming.core.redis_log import RemoteStream
-from streaming.core.session import StreamSession, get_session
+from streaming.core.session import get_session
 from streaming.transports.errors import ApiError
-
-StreamHandle = StreamSession | EndedStream | RemoteStream
 
 
 @contextlib.contextmanager

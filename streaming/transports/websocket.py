@@ -28,7 +28,7 @@ from accounts import revocation
 from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
 from streaming.core.log import CursorTrimmed
-from streaming.core.reader import UNREADABLE, Reader, ReaderStalled
+from streaming.core.reader import UNREADABLE, Reader, ReaderStalled, StreamHandle
 from streaming.core.session import StreamSession
 from streaming.observability import metrics
 from streaming.observability.logging import bind, request_id
@@ -36,7 +36,7 @@ from streaming.routing.routes import resolve_route
 from streaming.transports.encoders.chat import ChatChunks, ChatWebSocket
 from streaming.transports.errors import ApiError
 from streaming.transports.schema import check_depth, parse_chat_request
-from streaming.transports.streams import StreamHandle, check_cursor, find_stream, request_cancel
+from streaming.transports.streams import check_cursor, find_stream, request_cancel
 
 logger = logging.getLogger("sluice.ws")
 
