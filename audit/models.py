@@ -12,6 +12,9 @@ class Protocol(models.TextChoices):
     NDJSON = "ndjson", "NDJSON"
     TEXT = "text", "Plain text"
     JSON = "json", "JSON (not streamed)"
+    RESPONSES = "responses", "OpenAI Responses"
+    MESSAGES = "messages", "Anthropic Messages"
+    EMBEDDINGS = "embeddings", "Embeddings"
 
 
 class Outcome(models.TextChoices):

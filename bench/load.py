@@ -23,12 +23,27 @@ import orjson
 
 CONTENT = b'"content":"'
 EMPTY = b'"content":""'
+# The inbound protocols with named events: a content token is one text delta
+# event, the end and a failure are events of their own.
+EVENTS = {
+    "responses": (
+        b"event: response.output_text.delta\n",
+        (b"event: response.completed\n",),
+        (b"event: response.failed\n", b"event: error\n"),
+    ),
+    "messages": (
+        b"event: content_block_delta\n",
+        (b"event: message_stop\n",),
+        (b"event: error\n",),
+    ),
+}
 READ_TIMEOUT = 120.0
 
 
 @dataclass(slots=True)
 class Leg:
-    """Where requests go: ``transport`` is direct, sse, ndjson or ws."""
+    """Where requests go: ``transport`` is direct, sse, ndjson, ws, or (over
+    SSE, with their own request and events) responses or messages."""
 
     name: str
     url: str
@@ -67,6 +82,7 @@ class LineCounter:
     tokens: int = 0
     done: bool = False
     error: str | None = None
+    transport: str = "sse"
 
     def feed(self, data: bytes) -> int:
         data = self.pending + data
@@ -74,6 +90,8 @@ class LineCounter:
         self.pending, data = data[cut:], data[:cut]
         if not data:
             return 0
+        if self.transport in EVENTS:
+            return self._events(data, *EVENTS[self.transport])
         found = data.count(CONTENT) - data.count(EMPTY)
         self.tokens += found
         if b"[DONE]" in data or b'"done":true' in data:
@@ -82,8 +100,29 @@ class LineCounter:
             self.error = data[data.find(b'"error":{') :][:200].decode("utf-8", "replace")
         return found
 
+    def _events(
+        self, data: bytes, delta: bytes, ends: tuple[bytes, ...], errors: tuple[bytes, ...]
+    ) -> int:
+        found = data.count(delta)
+        self.tokens += found
+        if any(end in data for end in ends):
+            self.done = True
+        for error in errors:
+            at = data.find(error)
+            if at >= 0 and self.error is None:
+                self.error = data[at:][:200].decode("utf-8", "replace")
+        return found
+
 
 def _body(leg: Leg) -> bytes:
+    prompt = "Count for the benchmark."
+    if leg.transport == "responses":
+        return orjson.dumps({"model": leg.model, "input": prompt, "stream": True})
+    if leg.transport == "messages":
+        messages = [{"role": "user", "content": prompt}]
+        return orjson.dumps(
+            {"model": leg.model, "max_tokens": 4096, "messages": messages, "stream": True}
+        )
     body: dict[str, Any] = {
         "model": leg.model,
         "messages": [{"role": "user", "content": "Count for the benchmark."}],
@@ -108,7 +147,7 @@ def _headers(leg: Leg) -> dict[str, str]:
 
 async def _http(session: aiohttp.ClientSession, leg: Leg, body: bytes, record: Record) -> None:
     t0 = time.perf_counter()
-    counter = LineCounter()
+    counter = LineCounter(transport=leg.transport)
     async with session.post(leg.url, data=body, headers=_headers(leg)) as response:
         if response.status != 200:
             record.error = f"HTTP {response.status}: {(await response.read())[:200]!r}"

@@ -96,7 +96,15 @@ class Sizes:
         }
 
 
-SLUICE_TRANSPORTS = {"sse": "SSE", "ndjson": "NDJSON", "ws": "WebSocket"}
+SLUICE_TRANSPORTS = {
+    "sse": "SSE",
+    "ndjson": "NDJSON",
+    "ws": "WebSocket",
+    "responses": "Responses SSE",
+    "messages": "Messages SSE",
+}
+# The path each transport posts to (the others: chat completions).
+INBOUND_PATHS = {"responses": "/v1/responses", "messages": "/v1/messages"}
 
 
 @dataclass
@@ -117,7 +125,8 @@ class Bench:
         if transport == "ws":
             url = f"ws://127.0.0.1:{gateway.port}/v1/ws"
         else:
-            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+            path = INBOUND_PATHS.get(transport, "/v1/chat/completions")
+            url = f"http://127.0.0.1:{gateway.port}{path}"
         model = self.routes[self.sizes.models()[key]]
         return Leg("sluice", url, transport, model, self.token)
 
@@ -183,12 +192,12 @@ def _ms(value: float) -> str:
 
 
 # -- scenarios ------------------------------------------------------------------
-def sequential(bench: Bench) -> list[Row]:
+def sequential(bench: Bench, transport: str = "sse") -> list[Row]:
     """One request at a time, direct and Sluice alternating: the added TTFT."""
-    name = "sequential, 1 at a time (SSE)"
+    name = f"sequential, 1 at a time ({SLUICE_TRANSPORTS[transport]})"
     with bench.gateway() as gateway:
-        warm_up(bench, gateway, "sequential")
-        legs = [bench.direct("sequential"), bench.sluice(gateway, "sequential")]
+        warm_up(bench, gateway, "sequential", transport)
+        legs = [bench.direct("sequential"), bench.sluice(gateway, "sequential", transport)]
         spec = Spec(
             legs=legs,
             concurrency=1,
@@ -421,10 +430,14 @@ def sustained(bench: Bench) -> list[Row]:
 
 SCENARIOS: dict[str, Callable[[Bench], list[Row]]] = {
     "sequential": sequential,
+    "sequential-responses": lambda bench: sequential(bench, "responses"),
+    "sequential-messages": lambda bench: sequential(bench, "messages"),
     "paced": paced,
     "sustained": sustained,
     "saturation": saturation,
     "saturation-ndjson": lambda bench: saturation(bench, "ndjson"),
     "saturation-ws": lambda bench: saturation(bench, "ws"),
+    "saturation-responses": lambda bench: saturation(bench, "responses"),
+    "saturation-messages": lambda bench: saturation(bench, "messages"),
     "open": open_streams,
 }

@@ -171,6 +171,24 @@ def sdk(gateway: GatewayServer) -> Iterator[Callable[[Actor], Any]]:
 
 
 @pytest.fixture
+def claude(gateway: GatewayServer) -> Iterator[Callable[[Actor], Any]]:
+    """The official Anthropic client for an actor, pointed at the gateway
+    (its token as the API key, which the SDK sends as ``x-api-key``)."""
+    import anthropic
+
+    clients: list[Any] = []
+
+    def make(actor: Actor) -> Any:
+        client = anthropic.Anthropic(base_url=gateway.url, api_key=actor.token, max_retries=0)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
 def make_route(live_db: None) -> Callable[..., str]:
     """Create a route to providers; returns its public model name."""
     from streaming.models import ModelRoute, Provider, RouteTarget

@@ -102,6 +102,19 @@ class Failure:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """The API a stream was asked for in (``chat``, ``responses``, ``messages``) and
+    what its encoders need from the request (``echo``, JSON): a reader on any
+    instance renders the stream in the protocol it was started in."""
+
+    api: str = "chat"
+    echo: bytes = b"{}"
+
+
+CHAT = Inbound()
+
+
 def start_event(model: str, *, continued: bool = False) -> bytes:
     return orjson.dumps({"model": model, "continued": True} if continued else {"model": model})
 

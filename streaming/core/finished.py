@@ -23,7 +23,7 @@ import orjson
 from django.conf import settings
 
 from streaming.core import memory
-from streaming.core.events import START, Entry
+from streaming.core.events import CHAT, START, Entry, Inbound
 from streaming.core.log import MemoryStreamLog
 from streaming.core.reader import follow
 
@@ -37,6 +37,7 @@ class EndedStream:
     created: int
     log: MemoryStreamLog
     outcome: str  # for readers' close reason (reader.end_reason)
+    inbound: Inbound = CHAT
 
     @property
     def finished(self) -> bool:
@@ -62,6 +63,9 @@ class EndedStream:
     async def request_cancel(self) -> None:
         """Nothing to cancel: the generation is over."""
 
+    async def entries(self) -> Sequence[Entry]:
+        return self.log.read_after(0, 1 << 62)
+
     def follow(
         self, cursor: int, *, keepalive: float | None = None
     ) -> AsyncIterator[Sequence[Entry] | None]:
@@ -69,18 +73,25 @@ class EndedStream:
         return follow(self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive)
 
 
-# id -> (app_id, created, outcome, *sealed log): flat, so one collection untracks it
-_kept: dict[str, tuple[int, int, str, bytearray, bytes, bytearray]] = {}
+# id -> (app_id, created, outcome, api, echo, *sealed log): flat, so one collection untracks it
+_kept: dict[str, tuple[int, int, str, str, bytes, bytearray, bytes, bytearray]] = {}
 _expiry: list[tuple[float, str]] = []  # (time.monotonic() deadline, id), a heap
 _sweep: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle, float] | None = None
 
 
 def keep(
-    stream_id: str, app_id: int, created: int, outcome: str, log: MemoryStreamLog, ttl: float
+    stream_id: str,
+    app_id: int,
+    created: int,
+    outcome: str,
+    log: MemoryStreamLog,
+    ttl: float,
+    *,
+    inbound: Inbound = CHAT,
 ) -> None:
     """Keep an ended stream findable for ``ttl`` seconds from now."""
     deadline = time.monotonic() + ttl
-    _kept[stream_id] = (app_id, created, outcome, *log.seal())
+    _kept[stream_id] = (app_id, created, outcome, inbound.api, inbound.echo, *log.seal())
     heapq.heappush(_expiry, (deadline, stream_id))
     _arm(asyncio.get_running_loop(), deadline)
 
@@ -89,9 +100,9 @@ def find(stream_id: str) -> EndedStream | None:
     kept = _kept.get(stream_id)
     if kept is None:
         return None
-    app_id, created, outcome, data, ends, kinds = kept
+    app_id, created, outcome, api, echo, data, ends, kinds = kept
     log = MemoryStreamLog.unseal((data, ends, kinds))
-    return EndedStream(stream_id, app_id, created, log, outcome)
+    return EndedStream(stream_id, app_id, created, log, outcome, Inbound(api, echo))
 
 
 def _arm(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
@@ -114,7 +125,7 @@ def _expire_due(loop: asyncio.AbstractEventLoop) -> None:
         _, stream_id = heapq.heappop(_expiry)
         kept = _kept.pop(stream_id, None)
         if kept is not None:
-            released = max(released, len(kept[3]))
+            released = max(released, len(kept[5]))
     if released >= memory.RELEASE_AFTER_BYTES:
         memory.release_memory()
     if _expiry:

@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
-from streaming.core.events import Entry, Failure
+from streaming.core.events import Entry, Failure, Inbound
 from streaming.core.log import CursorTrimmed, MemoryStreamLog
 
 # What a reader's follow raises when the rest of its stream cannot be read:
@@ -165,6 +165,13 @@ class StreamHandle(Protocol):
 
     @property
     def finished(self) -> bool: ...
+
+    @property
+    def inbound(self) -> Inbound:
+        """The API the stream was started in: its readers get that protocol."""
+
+    async def entries(self) -> Sequence[Entry]:
+        """Every event logged so far, without waiting for more."""
 
     async def remaining(self, cursor: int) -> bool:
         """Whether events follow ``cursor``; CursorTrimmed if it is not in the log."""

@@ -29,7 +29,7 @@ from django.conf import settings
 
 from gateway.redis import FOLLOW_BLOCK_SECONDS, async_client
 from gateway.redis import redis_enabled as redis_enabled  # session.py asks redis_log for it
-from streaming.core.events import END, START, Entry
+from streaming.core.events import CHAT, END, START, Entry, Inbound
 from streaming.core.log import CursorTrimmed, MemoryStreamLog
 from streaming.observability.logging import warn_throttled
 
@@ -57,9 +57,17 @@ class RedisMirror:
     """Copies one session's log to Redis in batches until the log ends."""
 
     def __init__(
-        self, stream_id: str, log: MemoryStreamLog, *, app_id: int, model: str, created: int
+        self,
+        stream_id: str,
+        log: MemoryStreamLog,
+        *,
+        app_id: int,
+        model: str,
+        created: int,
+        inbound: Inbound = CHAT,
     ) -> None:
         self.stream_id = stream_id
+        self.inbound = inbound
         self.log = log
         self.app_id = app_id
         self.model = model
@@ -83,6 +91,8 @@ class RedisMirror:
                     "model": self.model,
                     "created": self.created,
                     "status": "running",
+                    "api": self.inbound.api,
+                    "echo": self.inbound.echo,
                 },
             )
             await client.expire(meta_key, running_ttl)
@@ -134,6 +144,7 @@ class RemoteStream:
         self.created = int(meta.get("created", "0"))
         self.model = meta.get("model", "")
         self.finished = meta.get("status") == "done"
+        self.inbound = Inbound(meta.get("api", "chat"), meta.get("echo", "{}").encode())
 
     def model_at(self, cursor: int) -> str:
         """The model answering when this reader found the stream (a reader
@@ -170,6 +181,12 @@ class RemoteStream:
 
     async def request_cancel(self) -> None:
         await async_client().publish(CANCEL_CHANNEL, self.id)
+
+    async def entries(self) -> Sequence[Entry]:
+        """Every event mirrored so far (up to the producer's last batch)."""
+        log_key, _, _ = _keys(self.id)
+        reply: Any = await async_client().xrange(log_key)
+        return [(_seq(eid), int(f[b"k"]), f[b"d"]) for eid, f in reply]
 
     async def follow(
         self, cursor: int, *, keepalive: float | None = None

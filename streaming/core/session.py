@@ -24,7 +24,17 @@ from accounts.identity import AppIdentity
 from audit.records import AttemptEntry, AuditEntry
 from audit.writer import audit_submit
 from streaming.core import finished, redis_log
-from streaming.core.events import END, ERROR, START, Entry, Failure, events_of, start_event
+from streaming.core.events import (
+    CHAT,
+    END,
+    ERROR,
+    START,
+    Entry,
+    Failure,
+    Inbound,
+    events_of,
+    start_event,
+)
 from streaming.core.log import LogLimits, MemoryStreamLog, StreamLogFull
 from streaming.core.reader import follow
 from streaming.core.transcript import Transcript
@@ -39,8 +49,8 @@ logger = logging.getLogger("sluice.stream")
 _sessions: dict[str, StreamSession] = {}  # running; finished ones are in streaming.core.finished
 
 
-def new_stream_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
+def new_stream_id(prefix: str = "chatcmpl-") -> str:
+    return prefix + secrets.token_hex(12)
 
 
 def client_status(error: UpstreamError) -> int:
@@ -59,8 +69,15 @@ class StreamSession:
         route: ResolvedRoute,
         protocol: str,
         client_ip: str | None,
+        inbound: Inbound = CHAT,
+        id_prefix: str = "chatcmpl-",
+        background: bool = False,
     ) -> None:
-        self.id = new_stream_id()
+        self.id = new_stream_id(id_prefix)
+        self.inbound = inbound
+        # A background generation runs to its end with no reader (OpenAI's
+        # ``background: true``): it is never abandoned.
+        self.background = background
         self.identity = identity
         self.request = request
         self.route = route
@@ -104,7 +121,12 @@ class StreamSession:
         self._watch = revocation.watch(self.identity, self._revoke, until_expiry=False)
         if redis_log.redis_enabled():
             mirror = redis_log.RedisMirror(
-                self.id, self.log, app_id=self.app_id, model=self.route.model, created=self.created
+                self.id,
+                self.log,
+                app_id=self.app_id,
+                model=self.route.model,
+                created=self.created,
+                inbound=self.inbound,
             )
             mirror.start()
             redis_log.ensure_cancel_listener(cancel_local)
@@ -149,6 +171,10 @@ class StreamSession:
     async def request_cancel(self) -> None:
         self.cancel("cancelled")
 
+    async def entries(self) -> Sequence[Entry]:
+        """Every event logged so far."""
+        return self.log.read_after(0, 1 << 62)
+
     async def wait_finished(self) -> None:
         await self.log.wait_after(10**12)
 
@@ -174,7 +200,7 @@ class StreamSession:
         return follow(self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive)
 
     def _arm_abandon(self) -> None:
-        if self.readers == 0 and not self.finished:
+        if self.readers == 0 and not self.finished and not self.background:
             delay = settings.SLUICE_STREAM_ABANDON_SECONDS
             loop = asyncio.get_running_loop()
             self._abandon = loop.call_later(delay, self._abandon_check)
@@ -326,7 +352,9 @@ class StreamSession:
         # From now on, what resume needs is kept, not the whole session.
         _sessions.pop(self.id, None)
         ttl = settings.SLUICE_STREAM_TTL_SECONDS
-        finished.keep(self.id, self.app_id, self.created, audit.outcome, self.log, ttl)
+        finished.keep(
+            self.id, self.app_id, self.created, audit.outcome, self.log, ttl, inbound=self.inbound
+        )
         self._let_go()
 
     def _let_go(self) -> None:

@@ -16,13 +16,14 @@ from django.conf import settings
 from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
 from accounts.tickets import issue_ticket
-from streaming.core.events import ERROR, Failure
+from streaming.core.events import CHAT, ERROR, Failure, Inbound
 from streaming.core.reader import Encoder, Reader, StreamHandle
 from streaming.core.session import StreamSession
 from streaming.observability import metrics
 from streaming.providers import ChatRequest
 from streaming.routing.routes import ResolvedRoute, resolve_route, route_names
-from streaming.transports.consumer import endpoint
+from streaming.transports.consumer import ErrorBody, endpoint
+from streaming.transports.encoders import encoder_for
 from streaming.transports.encoders.chat import ChatChunks, ChatEventSource, ChatNDJSON, ChatSSE
 from streaming.transports.encoders.text import PlainText
 from streaming.transports.errors import ApiError
@@ -42,6 +43,7 @@ async def _identity(request: ApiRequest, *, purpose: str | None = None) -> AppId
     try:
         return await authenticate(
             request.headers.get("authorization"),
+            api_key=request.headers.get("x-api-key"),
             ticket=request.query.get("ticket"),
             scope="chat",
             purpose=purpose,
@@ -63,11 +65,25 @@ async def _route_for(identity: AppIdentity, model: str) -> ResolvedRoute:
 
 
 async def _start(
-    request: ApiRequest, identity: AppIdentity, chat: ChatRequest, protocol: str
+    request: ApiRequest,
+    identity: AppIdentity,
+    chat: ChatRequest,
+    protocol: str,
+    *,
+    inbound: Inbound = CHAT,
+    id_prefix: str = "chatcmpl-",
+    background: bool = False,
 ) -> StreamSession:
     route = await _route_for(identity, chat.model)
     session = StreamSession(
-        identity=identity, request=chat, route=route, protocol=protocol, client_ip=request.client_ip
+        identity=identity,
+        request=chat,
+        route=route,
+        protocol=protocol,
+        client_ip=request.client_ip,
+        inbound=inbound,
+        id_prefix=id_prefix,
+        background=background,
     )
     session.start()
     return session
@@ -123,6 +139,48 @@ def _stream_response(
     return StreamResponse(reader, CONTENT_TYPES[transport], headers=headers, identity=identity)
 
 
+def _event_stream(
+    handle: StreamHandle, request: ApiRequest, encoder: Encoder[bytes], *, identity: AppIdentity
+) -> StreamResponse:
+    """Server-Sent Events of a protocol whose encoder numbers its own events
+    (Responses, Messages): its reader replays the log from the start and the
+    encoder drops what the client already has."""
+    resumed = getattr(encoder, "after", -1) >= 0
+    reader = Reader(
+        handle,
+        0,
+        encoder,
+        resumed=resumed,
+        size=len,
+        keepalive=settings.SLUICE_SSE_KEEPALIVE_SECONDS,
+        observers=[metrics.ReaderTracker("sse", handle, 0, resumed=resumed)],
+    )
+    headers = {"X-Sluice-Stream-Id": handle.id}
+    return StreamResponse(reader, CONTENT_TYPES["sse"], headers=headers, identity=identity)
+
+
+def _hold_first_event(
+    response: StreamResponse, session: StreamSession, errors: ErrorBody = Failure.openai_error
+) -> None:
+    """Hold ``response``'s headers until the session's first event, so a failure
+    before any token is an HTTP error status (body by ``errors``) instead of a
+    200 with an error inside; a client gone meanwhile cancels the session."""
+    # The dict, not the response: a closure over the response that the response
+    # holds is a cycle, which kept its body (and the stream's log) until a full
+    # garbage collection (the stalled-reader benchmark's memory after expiry).
+    headers = response.headers
+
+    async def first_event() -> JsonResponse | None:
+        await session.log.wait_after(0)
+        if session.log.read_after(0, 1)[0][1] == ERROR:
+            return _error_response(session, errors)
+        headers.update(session.served_headers())  # who answered the first token
+        return None
+
+    response.hold = first_event
+    response.on_gone = lambda: session.cancel("client_disconnected")
+
+
 async def _wait_or_cancel(
     session: StreamSession, request: ApiRequest, ready: asyncio.Future[Any]
 ) -> None:
@@ -141,10 +199,12 @@ async def _wait_or_cancel(
         raise asyncio.CancelledError
 
 
-def _error_response(session: StreamSession) -> JsonResponse:
+def _error_response(
+    session: StreamSession, errors: ErrorBody = Failure.openai_error
+) -> JsonResponse:
     failure = session.failure or Failure(502, "the stream failed", code="internal_error")
     return JsonResponse(
-        failure.openai_error(),
+        errors(failure),
         status=failure.status,
         headers=session.served_headers(),
     )
@@ -158,23 +218,7 @@ async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse
         return await _complete(request, identity, chat)
     session = await _start(request, identity, chat, transport_of(request))
     response = _stream_response(session, request, 0, resumed=False, identity=identity)
-
-    # Hold the headers until the first event, so a failure before any token
-    # is an HTTP error status instead of a 200 with an error inside.
-    # The dict, not the response: a closure over the response that the response
-    # holds is a cycle, which kept its body (and the stream's log) until a full
-    # garbage collection (the stalled-reader benchmark's memory after expiry).
-    headers = response.headers
-
-    async def first_event() -> JsonResponse | None:
-        await session.log.wait_after(0)
-        if session.log.read_after(0, 1)[0][1] == ERROR:
-            return _error_response(session)
-        headers.update(session.served_headers())  # who answered the first token
-        return None
-
-    response.hold = first_event
-    response.on_gone = lambda: session.cancel("client_disconnected")
+    _hold_first_event(response, session)
     return response
 
 
@@ -232,13 +276,14 @@ async def create_stream(request: ApiRequest) -> JsonResponse:
     )
 
 
-def _cursor(request: ApiRequest) -> int:
+def _cursor(request: ApiRequest, *, default: int = 0) -> int:
     raw = (
         request.headers.get("last-event-id")
         or request.query.get("last_event_id")
         or request.query.get("after")
-        or "0"
     )
+    if raw is None:
+        return default
     try:
         cursor = int(raw)
     except ValueError:
@@ -254,6 +299,10 @@ async def read_stream(request: ApiRequest) -> JsonResponse | StreamResponse:
     stream_id = request.path_params["stream_id"]
     identity = await _identity(request, purpose=f"stream:{stream_id}")
     handle = await find_stream(identity, stream_id)
+    if handle.inbound.api != "chat":
+        # Its own protocol, numbered by its encoder: the id is the last event the client had.
+        after = _cursor(request, default=-1)
+        return _event_stream(handle, request, encoder_for(handle, after), identity=identity)
     cursor = _cursor(request)
     if not await check_cursor(handle, cursor):
         # Everything was delivered; 204 also tells a browser's EventSource to stop reconnecting.

@@ -1,9 +1,9 @@
 """Routing for the hot streaming endpoints (served outside Django's view stack).
 
-HTTP: ``/v1/...`` goes to its ASGI endpoint through one dict lookup (plus
-one regex for ``/v1/streams/<id>``); Channels' URLRouter, which walks
-Django URL patterns and copies the scope, cost more per request than
-authenticating it. Any other ``/v1/`` path is an OpenAI-style JSON 404.
+HTTP: ``/v1/...`` goes to its ASGI endpoint through one dict lookup (or a
+regex for the paths with an id: ``/v1/streams/<id>``, ``/v1/responses/<id>``).
+Channels' URLRouter, which walks Django URL patterns and copies the scope,
+cost more per request than authenticating it. Any other ``/v1/`` path is an OpenAI-style JSON 404.
 Everything else (admin, /o/, /metrics, pages) goes to Django. WebSocket
 connections are rarer and long-lived: Channels routes them.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from django.urls import URLPattern, path
 
-from streaming.transports import api
+from streaming.transports import api, api_messages, api_responses
 from streaming.transports.http import Receive, Scope, Send, unknown_url
 from streaming.transports.websocket import StreamConsumer
 
@@ -25,8 +25,20 @@ EXACT = {
     "/v1/streams": api.streams_app,
     "/v1/chat/stream": api.chat_stream_app,
     "/v1/tickets": api.tickets_app,
+    "/v1/responses": api_responses.responses_app,
+    "/v1/messages": api_messages.messages_app,
+    "/v1/messages/count_tokens": api_messages.count_tokens_app,
 }
-STREAM_PATH = re.compile(r"/v1/streams/(?P<stream_id>[A-Za-z0-9_-]{1,100})")
+_ID = r"[A-Za-z0-9_-]{1,100}"
+# Paths with an id, tried in order after the exact ones.
+PATTERNS = [
+    (re.compile(rf"/v1/streams/(?P<stream_id>{_ID})"), api.stream_app),
+    (re.compile(rf"/v1/responses/(?P<response_id>{_ID})"), api_responses.response_app),
+    (
+        re.compile(rf"/v1/responses/(?P<response_id>{_ID})/cancel"),
+        api_responses.response_cancel_app,
+    ),
+]
 
 
 class HttpRouter:
@@ -42,13 +54,15 @@ class HttpRouter:
             route = route[len(root) :]
         app = EXACT.get(route)
         if app is None:
-            match = STREAM_PATH.fullmatch(route)
-            if match is None:
-                api_path = route == "/v1" or route.startswith("/v1/")
-                await (unknown_url if api_path else self.fallback)(scope, receive, send)
-                return
-            scope = {**scope, "url_route": {"args": (), "kwargs": match.groupdict()}}
-            app = api.stream_app
+            for pattern, with_id in PATTERNS:
+                match = pattern.fullmatch(route)
+                if match is not None:
+                    scope = {**scope, "url_route": {"args": (), "kwargs": match.groupdict()}}
+                    await with_id(scope, receive, send)
+                    return
+            api_path = route == "/v1" or route.startswith("/v1/")
+            await (unknown_url if api_path else self.fallback)(scope, receive, send)
+            return
         await app(scope, receive, send)
 
 

@@ -27,6 +27,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
+from streaming.core.events import Failure
 from streaming.observability.logging import bind, request_id
 from streaming.transports.errors import ApiError
 from streaming.transports.http import ApiRequest, JsonResponse, Receive, Scope, Send, StreamResponse
@@ -34,6 +35,7 @@ from streaming.transports.http import ApiRequest, JsonResponse, Receive, Scope, 
 logger = logging.getLogger("sluice.http")
 
 Handler = Callable[[ApiRequest], Awaitable[JsonResponse | StreamResponse]]
+ErrorBody = Callable[[Failure], Any]  # an error's JSON body in the endpoint's protocol
 NO_CHANNEL_LAYER = "sluice.none"  # an alias no setting configures: get_channel_layer gives None
 
 
@@ -48,6 +50,11 @@ class ApiConsumer(AsyncHttpConsumer):
 
     channel_layer_alias = NO_CHANNEL_LAYER
     methods: ClassVar[dict[str, Handler]] = {}
+    errors: ClassVar[ErrorBody | None] = None  # None: OpenAI's shape
+
+    def error_body(self, failure: Failure) -> Any:
+        render = type(self).errors
+        return failure.openai_error() if render is None else render(failure)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.base_receive = receive
@@ -69,7 +76,7 @@ class ApiConsumer(AsyncHttpConsumer):
             error = ApiError(
                 413, f"request body larger than {limit} bytes", code="request_too_large"
             )
-            await self.respond(JsonResponse(error.body(), status=413))
+            await self.respond(JsonResponse(self.error_body(error.failure()), status=413))
             raise StopConsumer
         self.body.append(chunk)
         if not message.get("more_body"):
@@ -88,22 +95,27 @@ class ApiConsumer(AsyncHttpConsumer):
                 )
             response = await handler(_build_request(scope, body, self.base_receive))
         except ApiError as error:
-            response = JsonResponse(error.body(), status=error.status, headers=error.headers)
+            body = self.error_body(error.failure())
+            response = JsonResponse(body, status=error.status, headers=error.headers)
         except asyncio.CancelledError:
             return
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             internal = ApiError(500, "internal error", code="internal_error")
-            response = JsonResponse(internal.body(), status=500)
+            response = JsonResponse(self.error_body(internal.failure()), status=500)
         await self.respond(response)
 
     async def respond(self, response: JsonResponse | StreamResponse) -> None:
         await response.send(self.base_send, self.base_receive)
 
 
-def endpoint(methods: dict[str, Handler]) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The ASGI app of one path: an ``ApiConsumer`` serving ``methods``."""
-    consumer: type[ApiConsumer] = type("ApiConsumer", (ApiConsumer,), {"methods": methods})
+def endpoint(
+    methods: dict[str, Handler], *, errors: ErrorBody | None = None
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The ASGI app of one path: an ``ApiConsumer`` serving ``methods``, its
+    errors rendered by ``errors`` (OpenAI's shape by default)."""
+    attrs: dict[str, Any] = {"methods": methods, "errors": errors}
+    consumer: type[ApiConsumer] = type("ApiConsumer", (ApiConsumer,), attrs)
     app: Callable[[Scope, Receive, Send], Awaitable[None]] = consumer.as_asgi()
     return app
 

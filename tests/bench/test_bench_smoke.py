@@ -19,6 +19,10 @@ pytestmark = pytest.mark.timeout(240)
 
 SCENARIOS = [
     "sequential, 1 at a time (SSE)",
+    "sequential, 1 at a time (Responses SSE)",
+    "sequential, 1 at a time (Messages SSE)",
+    "(Responses SSE)",
+    "(Messages SSE)",
     "streams x 50 tok/s",
     "(SSE)",
     "(NDJSON)",

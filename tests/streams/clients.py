@@ -196,3 +196,64 @@ def ws_attempt(
                     return
     except (websockets.exceptions.WebSocketException, OSError, TimeoutError):
         pass
+
+
+def responses_attempt(
+    base: str,
+    headers: dict[str, str],
+    progress: Progress,
+    body: dict[str, Any],
+    *,
+    stop_after: int | None,
+) -> None:
+    """One connection to a Responses stream: the first POSTs the request (the
+    chat ``body`` as Responses input), later ones resume with ``starting_after``.
+
+    ``progress.cursor`` counts the events had (the last ``sequence_number`` + 1).
+    """
+    try:
+        if not progress.stream_id:
+            request = {"model": body["model"], "input": body["messages"], "stream": True}
+            stream = httpx.stream(
+                "POST", f"{base}/v1/responses", json=request, timeout=20, headers=headers
+            )
+        else:
+            after = progress.cursor - 1
+            stream = httpx.stream(
+                "GET",
+                f"{base}/v1/responses/{progress.stream_id}?stream=true&starting_after={after}",
+                timeout=20,
+                headers=headers,
+            )
+        with stream as response:
+            assert response.status_code == 200, response.read()
+            progress.stream_id = response.headers["x-sluice-stream-id"]
+            read_responses(response, progress, stop_after)
+    except CUT_ERRORS:
+        pass
+
+
+def read_responses(response: httpx.Response, progress: Progress, stop_after: int | None) -> None:
+    """Parse Responses events as the SDK does: an event counts once its blank line arrives."""
+    seen = 0
+    data: list[str] = []
+    for line in response.iter_lines():
+        if line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            event = json.loads("\n".join(data))
+            data = []
+            number = event["sequence_number"]
+            assert number == progress.cursor, (number, progress.cursor)
+            progress.cursor = number + 1
+            progress.seqs.append(number + 1)
+            if event["type"] == "response.output_text.delta":
+                progress.text.append(event["delta"])
+            elif event["type"] in {"response.failed", "error"}:
+                progress.error = event
+            if event["type"] in {"response.completed", "response.failed", "response.incomplete"}:
+                progress.done = True
+                return
+            seen += 1
+            if stop_after is not None and seen >= stop_after:
+                return

@@ -1,5 +1,6 @@
 """Exactly-once delivery: cut connections anywhere, resume, lose and repeat nothing.
 
+The same for OpenAI Responses streams, resumed by ``starting_after``.
 Cuts come from both ends: the client hanging up after some events, and a
 proxy between client and gateway dropping the connection after some bytes
 (often in the middle of an event), as a load balancer restart would.
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import unique
 from tests.fakes.proxy import CuttingProxy
-from tests.streams.clients import Progress, http_attempt, ws_attempt
+from tests.streams.clients import Progress, http_attempt, responses_attempt, ws_attempt
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.django_db(transaction=True)]
 
@@ -54,6 +55,8 @@ def run_plan(transport, proxy, actor, model, plan):
         stop_after = amount if kind == "client" else None
         if transport == "ws":
             ws_attempt(proxy.url, actor.headers, progress, body, stop_after=stop_after)
+        elif transport == "responses":
+            responses_attempt(proxy.url, actor.headers, progress, body, stop_after=stop_after)
         else:
             http_attempt(
                 proxy.url,
@@ -68,7 +71,7 @@ def run_plan(transport, proxy, actor, model, plan):
     return progress
 
 
-@pytest.mark.parametrize("transport", ["sse", "ndjson", "ws"])
+@pytest.mark.parametrize("transport", ["sse", "ndjson", "ws", "responses"])
 @settings(
     max_examples=20,
     deadline=None,

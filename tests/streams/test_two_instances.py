@@ -272,3 +272,33 @@ async def test_the_channel_layer_waits_for_a_message_longer_than_a_redis_read_ti
     finally:
         sender.cancel()
         await layer.flush()
+
+
+def test_background_response_started_on_a_resumes_on_b(pair, alice, model):
+    import openai
+
+    a, b = pair
+    on_a = openai.OpenAI(base_url=f"{a.url}/v1", api_key=alice.token, max_retries=0)
+    on_b = openai.OpenAI(base_url=f"{b.url}/v1", api_key=alice.token, max_retries=0)
+    seen = []
+    with on_a.responses.create(model=model[0], input="hi", background=True, stream=True) as events:
+        for event in events:
+            seen.append(event)
+            if event.type == "response.output_text.delta" and len(seen) >= 6:
+                break  # the client leaves A; the background response goes on there
+
+    response_id = seen[0].response.id
+    rest = list(
+        on_b.responses.retrieve(response_id, stream=True, starting_after=seen[-1].sequence_number)
+    )
+    final = on_b.responses.retrieve(response_id)
+    cancelled = on_b.responses.cancel(response_id)  # ended already: it stays completed
+
+    events = seen + rest
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "".join(TOKENS)
+    assert final.status == "completed" and final.output_text == text
+    assert cancelled.status == "completed"
+    on_a.close()
+    on_b.close()

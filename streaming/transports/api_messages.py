@@ -1,0 +1,68 @@
+"""Anthropic's Messages API: ``/v1/messages``, through any provider.
+
+The Anthropic SDKs (and what is built on them: Claude Code, the Agent SDK)
+work with ``base_url`` set to Sluice and a Sluice token as their API key,
+which they send as ``x-api-key``. The request is translated to the engine's
+chat request (``inbound.messages``), readers get the log as Anthropic's
+events (``encoders.messages``), and every error on these endpoints is in
+Anthropic's shape. The message id (``msg_...``) is the stream id: a client
+that drops resumes with ``GET /v1/streams/{id}`` and ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from streaming.core.events import Inbound
+from streaming.transports.api import (
+    _error_response,
+    _event_stream,
+    _hold_first_event,
+    _identity,
+    _start,
+    _wait_or_cancel,
+)
+from streaming.transports.consumer import endpoint
+from streaming.transports.encoders.messages import MessagesEncoder, anthropic_error
+from streaming.transports.errors import ApiError
+from streaming.transports.http import ApiRequest, JsonResponse, StreamResponse
+from streaming.transports.inbound.messages import parse_messages_request
+from streaming.transports.schema import parse_json_body
+
+
+async def create_message(request: ApiRequest) -> JsonResponse | StreamResponse:
+    identity = await _identity(request)
+    parsed = parse_messages_request(parse_json_body(request.body))
+    inbound = Inbound("messages", orjson.dumps(parsed.echo))
+    session = await _start(
+        request, identity, parsed.chat, "messages", inbound=inbound, id_prefix="msg_"
+    )
+    if parsed.stream:
+        encoder = MessagesEncoder(session.id, parsed.echo)
+        response = _event_stream(session, request, encoder, identity=identity)
+        _hold_first_event(response, session, anthropic_error)
+        return response
+    await _wait_or_cancel(session, request, asyncio.ensure_future(session.wait_finished()))
+    encoder = MessagesEncoder(session.id, parsed.echo)
+    encoder.encode(await session.entries())
+    body = encoder.snapshot()
+    if session.failure is not None and not body["content"]:
+        return _error_response(session, anthropic_error)
+    return JsonResponse(body, headers=session.served_headers())
+
+
+async def count_tokens(request: ApiRequest) -> JsonResponse:
+    """Not served: Sluice counts tokens only as upstreams report them."""
+    await _identity(request)
+    raise ApiError(
+        404,
+        "POST /v1/messages/count_tokens is not served by this gateway: token counts "
+        "come with each response's usage (message_start / message_delta)",
+        code="not_served",
+    )
+
+
+messages_app = endpoint({"POST": create_message}, errors=anthropic_error)
+count_tokens_app = endpoint({"POST": count_tokens}, errors=anthropic_error)
