@@ -1,0 +1,1 @@
+"""Inbound protocols other than OpenAI chat: their request bodies as the engine's ChatRequest."""
