@@ -45,12 +45,12 @@ async def create_message(request: ApiRequest) -> JsonResponse | StreamResponse:
         _hold_first_event(response, session, anthropic_error)
         return response
     await _wait_or_cancel(session, request, asyncio.ensure_future(session.wait_finished()))
-    encoder = MessagesEncoder(session.id, parsed.echo)
+    encoder = MessagesEncoder(session.id, parsed.echo, collect=True)
     encoder.encode(await session.entries())
-    body = encoder.snapshot()
-    if session.failure is not None and not body["content"]:
+    if encoder.failure is not None:
+        # Anthropic has no partial message: a failure is an error, whatever came before.
         return _error_response(session, anthropic_error)
-    return JsonResponse(body, headers=session.served_headers())
+    return JsonResponse(encoder.snapshot(), headers=session.served_headers())
 
 
 async def count_tokens(request: ApiRequest) -> JsonResponse:
