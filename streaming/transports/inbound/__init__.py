@@ -1,0 +1,1 @@
+"""Inbound protocols other than chat: each request shape translated to a ChatRequest."""
