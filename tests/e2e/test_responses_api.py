@@ -189,9 +189,7 @@ def test_background_stream_survives_the_client_and_resumes(
     client = sdk(alice)
 
     seen: list[Any] = []
-    with client.responses.create(
-        model=model, input="Go", background=True, stream=True
-    ) as stream:
+    with client.responses.create(model=model, input="Go", background=True, stream=True) as stream:
         for event in stream:
             seen.append(event)
             if event.type == "response.output_text.delta" and len(seen) > 8:
@@ -208,7 +206,7 @@ def test_background_stream_survives_the_client_and_resumes(
 
 
 def test_cancel_a_background_response(gateway, alice, sdk, make_route, upstream):
-    model, upstream_model = route_to(make_route, upstream, "openai", tokens=200, delay=0.05)
+    model, _ = route_to(make_route, upstream, "openai", tokens=200, delay=0.05)
     client = sdk(alice)
 
     created = client.responses.create(model=model, input="Go on", background=True)

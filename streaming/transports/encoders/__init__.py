@@ -13,15 +13,14 @@ from typing import Any
 import orjson
 
 from streaming.core.reader import Encoder, StreamHandle
+from streaming.transports.encoders.messages import MessagesEncoder
+from streaming.transports.encoders.responses import ResponsesEncoder
 
 
 def encoder_for(handle: StreamHandle, after: int) -> Encoder[bytes]:
     """The Server-Sent Events encoder of a stream started in a protocol that
     numbers its own events (``handle.inbound.api``), for a reader that had
     every event up to ``after`` (-1: none)."""
-    from streaming.transports.encoders.messages import MessagesEncoder
-    from streaming.transports.encoders.responses import ResponsesEncoder
-
     echo: dict[str, Any] = orjson.loads(handle.inbound.echo)
     if handle.inbound.api == "responses":
         return ResponsesEncoder(handle.id, handle.created, echo, after=after)
