@@ -176,10 +176,17 @@ def test_errors_in_anthropic_shape(gateway, alice, claude, make_route, upstream)
     assert missing.value.body["type"] == "error"
     assert missing.value.body["error"]["type"] == "not_found_error"
 
-    with pytest.raises(anthropic.BadRequestError) as bad:
-        client.messages.create(model="m", messages=HELLO)  # type: ignore[call-arg]
-    assert bad.value.body["error"]["type"] == "invalid_request_error"
-    assert "max_tokens" in bad.value.body["error"]["message"]
+    # The SDK will not send a request without max_tokens: send it by hand.
+    bad = httpx.post(
+        f"{gateway.url}/v1/messages",
+        headers={"x-api-key": alice.token, "anthropic-version": "2023-06-01"},
+        json={"model": "m", "messages": HELLO},
+        timeout=20,
+    )
+    assert bad.status_code == 400
+    assert bad.json()["type"] == "error"
+    assert bad.json()["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in bad.json()["error"]["message"]
 
     wrong = anthropic.Anthropic(base_url=gateway.url, api_key="not-a-token", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError) as denied:
