@@ -12,6 +12,7 @@ class Protocol(models.TextChoices):
     NDJSON = "ndjson", "NDJSON"
     TEXT = "text", "Plain text"
     JSON = "json", "JSON (not streamed)"
+    EMBEDDINGS = "embeddings", "Embeddings"
 
 
 class Outcome(models.TextChoices):
