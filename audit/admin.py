@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from audit.models import AuditRecord, UpstreamAttempt
+from audit.models import AuditRecord, Protocol, UpstreamAttempt
 
 
 class ReadOnlyAdminMixin:
@@ -172,8 +172,12 @@ class AuditRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="transcript")
     def transcript(self, record: AuditRecord) -> SafeString:
-        """The request's messages, then the response, then any tool calls."""
-        turns = [_message(m) for m in record.request_messages or []]
+        """The request's messages (an embeddings request's inputs), then the
+        response, then any tool calls."""
+        if record.protocol == Protocol.EMBEDDINGS:
+            turns = [_turn("input", _text(m)) for m in record.request_messages or []]
+        else:
+            turns = [_message(m) for m in record.request_messages or []]
         turns.append(_turn("response", record.response_text))
         if record.tool_calls:
             turns.append(_turn("tool calls", _text(record.tool_calls)))

@@ -36,6 +36,7 @@ from streaming.core.events import (
     start_event,
 )
 from streaming.core.log import LogLimits, MemoryStreamLog, StreamLogFull
+from streaming.core.outcome import record_failure, served_headers
 from streaming.core.reader import follow
 from streaming.core.transcript import Transcript
 from streaming.observability import metrics
@@ -51,11 +52,6 @@ _sessions: dict[str, StreamSession] = {}  # running; finished ones are in stream
 
 def new_stream_id(prefix: str = "chatcmpl-") -> str:
     return prefix + secrets.token_hex(12)
-
-
-def client_status(error: UpstreamError) -> int:
-    """The HTTP status a client sees for a failure before its first chunk."""
-    return error.client_status
 
 
 class StreamSession:
@@ -236,25 +232,7 @@ class StreamSession:
 
     def served_headers(self) -> dict[str, str]:
         """Response headers that say which target answered, and how it came to."""
-        headers = {"X-Sluice-Stream-Id": self.id}
-        attempts = self.audit.attempts
-        if not attempts:
-            return headers
-        served, first = attempts[-1], attempts[0]
-        fell_back = (served.provider, served.upstream_model) != (
-            first.provider,
-            first.upstream_model,
-        )
-        headers.update(
-            {
-                "X-Sluice-Provider": served.provider,
-                "X-Sluice-Model": served.upstream_model,
-                "X-Sluice-Attempts": str(len(attempts)),
-                "X-Sluice-Fallback": "true" if fell_back else "false",
-                "X-Sluice-Continued": "true" if self.audit.continued else "false",
-            }
-        )
-        return headers
+        return {"X-Sluice-Stream-Id": self.id, **served_headers(self.audit)}
 
     def _fail(self, failure: Failure) -> None:
         self.failure = failure
@@ -276,7 +254,7 @@ class StreamSession:
                     await asyncio.sleep(0)
             audit.outcome = "completed"
         except UpstreamError as error:
-            self._record_failure(error)
+            self._fail(record_failure(self.audit, error))
         except StreamLogFull as error:
             audit.outcome, audit.error_class, audit.error_message = (
                 "upstream_error",
@@ -310,27 +288,6 @@ class StreamSession:
         if not self.log.ended:
             self._record_cancel()
             self._end()
-
-    def _record_failure(self, error: UpstreamError) -> None:
-        audit = self.audit
-        audit.outcome = "upstream_error"
-        audit.error_class = error.error_class
-        audit.error_message = error.message[:500]
-        status = client_status(error)
-        audit.status_code = status
-        said = error.body.get("error") if isinstance(error.body, dict) else None
-        if status != 502 and isinstance(said, dict):  # the upstream's own words, passed on
-            failure = Failure(
-                status,
-                str(said.get("message") or error.message),
-                code=_plain(said.get("code")),
-                type=_plain(said.get("type")) or "",
-                param=_plain(said.get("param")),
-            )
-        else:
-            message = f"upstream failed: {error.message}"
-            failure = Failure(status, message, code=error.error_class, type="upstream_error")
-        self._fail(failure)
 
     def _end(self) -> None:
         if self._abandon is not None:
@@ -370,10 +327,6 @@ class StreamSession:
         self.audit = replace(self.audit, request_messages=[], response_text="", tool_calls=[])
         if self.audit.protocol != "json":
             self.transcript = Transcript()
-
-
-def _plain(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def cancel_local(stream_id: str) -> None:

@@ -121,6 +121,27 @@ RESUMES = Counter("sluice_resumes", "Readers that resumed a stream from a cursor
 REPLAYED = Counter("sluice_replayed_events", "Events replayed to resuming readers.", ["transport"])
 
 
+EMBEDDING_REQUESTS = Counter(
+    "sluice_embedding_requests",
+    "Embeddings requests (POST /v1/embeddings), by outcome, counted when they end.",
+    ["route", "provider", "outcome"],
+)
+EMBEDDING_DURATION = Histogram(
+    "sluice_embedding_duration_seconds",
+    "From an embeddings request's start to its answer (retries and fallback included).",
+    ["route", "provider"],
+    buckets=TTFT_BUCKETS,
+)
+EMBEDDING_INPUTS = Counter(
+    "sluice_embedding_inputs", "Inputs embedded (one vector each).", ["route", "provider", "app"]
+)
+EMBEDDING_TOKENS = Counter(
+    "sluice_embedding_tokens",
+    "Prompt tokens embedded (the upstream's usage count).",
+    ["route", "provider", "app"],
+)
+
+
 _children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
 
@@ -212,6 +233,21 @@ def _count_attempts(attempts: list[Any]) -> None:
             child(RETRIES, provider).inc()
         else:
             child(FALLBACKS, provider, phase).inc()
+
+
+def embedding_ended(request: Stream, inputs: int) -> None:
+    """Once per embeddings request, from its finished audit entry; ``inputs`` were embedded."""
+    audit = request.audit
+    route, provider = request.route_name, _provider(request)
+    child(EMBEDDING_REQUESTS, route, provider, audit.outcome).inc()
+    if audit.outcome == "completed":
+        child(EMBEDDING_DURATION, route, provider).observe((audit.duration_ms or 0.0) / 1000)
+        child(EMBEDDING_INPUTS, route, provider, request.app_name).inc(inputs)
+        tokens = audit.usage.get("prompt_tokens")
+        if isinstance(tokens, int) and tokens > 0:
+            child(EMBEDDING_TOKENS, route, provider, request.app_name).inc(tokens)
+    _count_attempts(audit.attempts)
+    livestats.STATS.record_end(0, audit.attempts)  # the dashboard's per-provider counts
 
 
 def breaker_state(provider: str, state: str) -> None:

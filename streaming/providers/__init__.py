@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from functools import cache
 
-from streaming.providers.base import ChatRequest, ProviderAdapter, UpstreamTarget
+from streaming.providers.base import (
+    ChatRequest,
+    EmbeddingRequest,
+    Embeddings,
+    ProviderAdapter,
+    UpstreamTarget,
+)
 from streaming.providers.errors import UpstreamError
 
 
@@ -29,10 +35,18 @@ def adapter_for(kind: str) -> ProviderAdapter:
         raise ValueError(f"unknown provider kind {kind!r}") from None
 
 
+def can_embed(kind: str) -> bool:
+    """Whether targets of a provider kind serve embeddings."""
+    return adapter_for(kind).embeds
+
+
 __all__ = [
     "ChatRequest",
+    "EmbeddingRequest",
+    "Embeddings",
     "ProviderAdapter",
     "UpstreamError",
     "UpstreamTarget",
     "adapter_for",
+    "can_embed",
 ]

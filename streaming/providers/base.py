@@ -1,9 +1,10 @@
 """The contract every provider adapter follows.
 
 An adapter turns one upstream wire format into OpenAI ``chat.completion.chunk``
-bodies. It knows nothing about Django, transports or the stream log: it gets a
-validated request and a target, talks to the upstream through the shared
-HTTP client, and yields chunk dicts. Failures are raised as one of the
+bodies (and, if the format has them, embeddings). It knows nothing about
+Django, transports or the stream log: it gets a validated request and a
+target, talks to the upstream through the shared HTTP client, and yields
+chunk dicts. Failures are raised as one of the
 UpstreamError classes (streaming.providers.errors), which tell the router
 whether to retry or fall back.
 """
@@ -63,6 +64,50 @@ class ChatRequest:
     include_usage: bool = False
 
 
+@dataclass(slots=True)
+class EmbeddingRequest:
+    """A validated OpenAI-style embeddings request.
+
+    ``input`` is what the client sent (a string, strings, a token array or
+    token arrays); ``params`` holds ``encoding_format``, ``dimensions`` and
+    ``user`` when the client sent them, passed on as is.
+    """
+
+    model: str
+    input: str | list[Any]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> list[Any]:
+        """The inputs, one per embedding asked for."""
+        single = isinstance(self.input, str) or (
+            bool(self.input) and all(isinstance(i, int) for i in self.input)
+        )
+        return [self.input] if single else list(self.input)
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """An upstream's answer: one vector per input, in input order.
+
+    A vector is a list of floats, or base64 of little-endian float32s when the
+    request asked for ``encoding_format: base64`` (as OpenAI sends it).
+    """
+
+    vectors: list[list[float] | str]
+    model: str
+    usage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dimensions(self) -> int:
+        if not self.vectors:
+            return 0
+        first = self.vectors[0]
+        if isinstance(first, str):
+            return (len(first) * 3 // 4 - first.count("=", -2)) // 4
+        return len(first)
+
+
 class ProviderAdapter(ABC):
     """Streams one chat completion from an upstream as OpenAI chunk bodies.
 
@@ -95,6 +140,18 @@ class ProviderAdapter(ABC):
         self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield chunk bodies; raise UpstreamError on failure."""
+
+    # Whether the wire format has embeddings: the router skips targets without.
+    embeds: ClassVar[bool] = False
+
+    async def embed(
+        self, client: UpstreamPool, target: UpstreamTarget, request: EmbeddingRequest
+    ) -> Embeddings:
+        """The embeddings of the request's inputs; raise UpstreamError on failure.
+
+        Only called when ``embeds`` is true.
+        """
+        raise NotImplementedError(f"{self.kind} has no embeddings")
 
 
 # Shared HTTP plumbing: every HTTP adapter posts a JSON body, expects a 200
@@ -231,8 +288,39 @@ async def post_event_stream(
     headers carried and of anything shaped like a credential: this is where
     upstream text enters Sluice.
     """
+    headers = {"accept": "text/event-stream", **headers}
+    async with _post(client, url, headers=headers, body=body, api_key=api_key) as rsp:
+        yield rsp
+
+
+async def post_json(
+    client: UpstreamPool,
+    url: str,
+    *,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    api_key: str = "",
+) -> Any:
+    """POST ``body`` and return the decoded JSON of the 200 response.
+
+    Failures are UpstreamErrors as from :func:`post_event_stream`; a body
+    that is not JSON is a ProtocolError.
+    """
+    headers = {"accept": "application/json", **headers}
+    async with _post(client, url, headers=headers, body=body, api_key=api_key) as rsp:
+        raw = await rsp.aread()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("upstream sent malformed JSON") from None
+
+
+@asynccontextmanager
+async def _post(
+    client: UpstreamPool, url: str, *, headers: dict[str, str], body: dict[str, Any], api_key: str
+) -> AsyncIterator[UpstreamResponse]:
     responded = False
-    headers = {"content-type": "application/json", "accept": "text/event-stream", **headers}
+    headers = {"content-type": "application/json", **headers}
     try:
         async with client.stream("POST", url, headers=headers, content=orjson.dumps(body)) as rsp:
             if rsp.status_code != 200:

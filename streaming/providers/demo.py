@@ -1,19 +1,32 @@
 """The built-in ``demo`` provider: a deterministic answer at a realistic pace.
 
 It lets a fresh install stream something with no upstream account, and gives
-tests and demos a provider whose output is known in advance.
+tests and demos a provider whose output is known in advance. Its embeddings
+are pseudo-random unit vectors drawn from a hash of each input: the same
+input always gets the same vector, but nearness means nothing (they are not
+semantic).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import math
 import re
+import struct
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from django.conf import settings
 
-from streaming.providers.base import ChatRequest, ProviderAdapter, UpstreamTarget
+from streaming.providers.base import (
+    ChatRequest,
+    EmbeddingRequest,
+    Embeddings,
+    ProviderAdapter,
+    UpstreamTarget,
+)
 from streaming.providers.pool import UpstreamPool
 
 ANSWER = (
@@ -55,14 +68,55 @@ def demo_tokens(messages: list[dict[str, Any]], count: int | None = None) -> lis
     return tokens[:count]
 
 
+DEMO_DIMENSIONS = 256
+
+
+def demo_embedding(item: str | list[int], dimensions: int = DEMO_DIMENSIONS) -> list[float]:
+    """A unit vector drawn from a hash of ``item``: deterministic, not semantic.
+
+    Its values are float32s, so the base64 form decodes to the same numbers.
+    """
+    seed = hashlib.sha256(repr(item).encode()).digest()
+    raw = hashlib.shake_256(seed).digest(4 * dimensions)
+    values = [v / 2**31 for v in struct.unpack(f"<{dimensions}i", raw)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    packed = struct.pack(f"<{dimensions}f", *(v / norm for v in values))
+    return list(struct.unpack(f"<{dimensions}f", packed))
+
+
+def as_base64(vector: list[float]) -> str:
+    """A vector as OpenAI's ``encoding_format: base64`` sends it: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _input_tokens(item: str | list[int]) -> int:
+    return len(item) if isinstance(item, list) else max(1, len(item.split()))
+
+
 def _chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
     return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
 
 
 class DemoAdapter(ProviderAdapter):
-    """Streams :func:`demo_tokens`; ``target.params`` may set ``delay`` and ``tokens``."""
+    """Streams :func:`demo_tokens`; ``target.params`` may set ``delay`` and ``tokens``.
+    Embeds with :func:`demo_embedding`."""
 
     kind = "demo"
+    embeds = True
+
+    async def embed(
+        self, client: UpstreamPool, target: UpstreamTarget, request: EmbeddingRequest
+    ) -> Embeddings:
+        dimensions = int(request.params.get("dimensions") or DEMO_DIMENSIONS)
+        inputs = request.inputs
+        vectors = [demo_embedding(item, dimensions) for item in inputs]
+        if request.params.get("encoding_format") == "base64":
+            encoded: list[list[float] | str] = [as_base64(v) for v in vectors]
+        else:
+            encoded = list(vectors)
+        tokens = sum(_input_tokens(item) for item in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return Embeddings(vectors=encoded, model=target.model, usage=usage)
 
     async def stream(
         self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest

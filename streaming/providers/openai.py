@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions, and every server that speaks the same wire format."""
+"""OpenAI Chat Completions and Embeddings, and every server that speaks the same wire format."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import orjson
 
 from streaming.providers.base import (
     ChatRequest,
+    EmbeddingRequest,
+    Embeddings,
     ProviderAdapter,
     UpstreamTarget,
     post_event_stream,
+    post_json,
 )
 from streaming.providers.errors import ProtocolError, ProviderError
 from streaming.providers.pool import UpstreamPool
@@ -145,11 +148,60 @@ def _stream_error(error: Any) -> ProviderError:
     )
 
 
+def build_embeddings_body(target: UpstreamTarget, request: EmbeddingRequest) -> dict[str, Any]:
+    return {**request.params, "model": target.model, "input": request.input}
+
+
+def decode_embeddings(obj: Any, count: int) -> Embeddings:
+    """An OpenAI ``list`` of ``count`` embeddings, checked and put in input order, sans I/O."""
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, list) or len(data) != count:
+        raise _malformed_embeddings(f"expected {count} embeddings")
+    vectors: list[list[float] | str | None] = [None] * count
+    for item in data:
+        index = item.get("index") if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < count or vectors[index] is not None:
+            raise _malformed_embeddings("an embedding's index is missing or repeated")
+        vector = item.get("embedding")
+        # The first number stands for the rest: checking millions of them
+        # would cost more than relaying them.
+        if not isinstance(vector, str) and not (
+            isinstance(vector, list) and vector and isinstance(vector[0], int | float)
+        ):
+            raise _malformed_embeddings("an embedding is neither numbers nor base64")
+        vectors[index] = vector
+    usage = obj.get("usage") or {}
+    _check_usage(usage)
+    model = obj.get("model")
+    return Embeddings(
+        vectors=[v for v in vectors if v is not None],
+        model=model if isinstance(model, str) else "",
+        usage={k: v for k, v in usage.items() if isinstance(v, int)},
+    )
+
+
+def _malformed_embeddings(what: str) -> ProtocolError:
+    return ProtocolError(f"upstream sent malformed embeddings: {what}")
+
+
 class OpenAIAdapter(ProviderAdapter):
-    """Streams from ``{base_url}/chat/completions``; chunks pass through nearly as is."""
+    """Streams from ``{base_url}/chat/completions``; chunks pass through nearly as is.
+    Embeddings come from ``{base_url}/embeddings``."""
 
     kind = "openai"
     path = "/chat/completions"
+    embeds = True
+
+    async def embed(
+        self, client: UpstreamPool, target: UpstreamTarget, request: EmbeddingRequest
+    ) -> Embeddings:
+        url = f"{target.base_url.rstrip('/')}/embeddings"
+        body = build_embeddings_body(target, request)
+        headers = build_headers(target)
+        obj = await post_json(client, url, headers=headers, body=body, api_key=target.api_key)
+        result = decode_embeddings(obj, len(request.inputs))
+        result.model = result.model or target.model
+        return result
 
     async def stream(
         self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from itertools import groupby
 from typing import Any
 
@@ -159,17 +159,22 @@ async def upstream_attempt(
 
 # -- the fallback chain -------------------------------------------------------
 class FallbackRun:
-    """One request's way through its plan."""
+    """One request's way through its plan: admission by the breaker, retries,
+    fallback, and an audit record of every attempt.
 
-    def __init__(self, route: ResolvedRoute, request: ChatRequest, audit: AuditEntry) -> None:
+    Subclasses make the upstream call of one attempt (``_attempt``, inside
+    ``_recorded``); the chat's is :class:`ChatRun`, the embeddings' is
+    ``streaming.routing.embeddings.EmbeddingRun``.
+    """
+
+    def __init__(self, route: ResolvedRoute, audit: AuditEntry) -> None:
         self.route = route
         self.policy = route.policy
-        self.request = request
         self.audit = audit
-        self.progress = StreamProgress()
         self.skipped: set[str] = set()  # targets not to try again in this request
 
-    async def stream(self) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self) -> AsyncGenerator[Any, None]:
+        """What the first attempt that succeeds yields; the last failure if none does."""
         plan = plan_attempts(self.route)
         if not plan:
             raise NoTarget("no enabled target for this model")
@@ -200,34 +205,24 @@ class FallbackRun:
             raise last_error
         raise CircuitOpen("every target of this model is failing (circuit open); try again later")
 
-    async def _attempt(self, target: UpstreamTarget, key: str) -> AsyncIterator[dict[str, Any]]:
-        progress, board = self.progress, breakers()
-        continuing = progress.started
+    def _attempt(self, target: UpstreamTarget, key: str) -> AsyncIterator[Any]:
+        """One upstream call to ``target``, made inside ``self._recorded(target, key)``."""
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def _recorded(
+        self, target: UpstreamTarget, key: str, *, continuation: bool = False
+    ) -> AsyncIterator[AttemptEntry]:
+        """The audit record of one attempt; a failure is recorded and counted by the breaker."""
         record = AttemptEntry(
             provider=target.provider,
             upstream_model=target.model,
             started_at=time.time(),
-            continuation=continuing,
+            continuation=continuation,
         )
         self.audit.attempts.append(record)
-        request, rewrite = self.request, None
-        if continuing:
-            used = sum(a.tokens for a in self.audit.attempts)
-            request = continuation_request(self.request, progress.text, used)
-            rewrite = ContinuationFilter(progress.text, earlier_tokens=used)
-        healthy = False
         try:
-            async for body in upstream_attempt(target, request, self.policy, record):
-                if not healthy:
-                    healthy = True  # it answered: that closes a half-open circuit
-                    await board.success(key)
-                for out in rewrite.feed(body) if rewrite else (body,):
-                    self.audit.continued = self.audit.continued or continuing
-                    progress.observe(out)
-                    yield out
-            for out in rewrite.flush() if rewrite else ():
-                progress.observe(out)
-                yield out
+            yield record
         except UpstreamError as error:
             record.ended_at = time.time()
             record.outcome = "failed"
@@ -235,7 +230,7 @@ class FallbackRun:
             record.error_class = error.error_class
             record.error_message = error.message[:500]
             if error.counts_against_breaker:
-                await board.failure(key, f"{error.error_class}: {error.message}"[:300])
+                await breakers().failure(key, f"{error.error_class}: {error.message}"[:300])
             raise
         except BaseException:
             record.ended_at = time.time()
@@ -250,8 +245,7 @@ class FallbackRun:
         kind = error.retry_kind
         if kind is None or kind not in self.policy.retry_on:
             raise error
-        if self.progress.started:
-            self._check_continuable(error)
+        self._check_continuable(error)
         key = breaker_key(plan[position])
         if kind not in self.policy.retry_same_target_on:
             self.skipped.add(key)  # e.g. a timeout: the next target gets it at once
@@ -268,6 +262,42 @@ class FallbackRun:
         await asyncio.sleep(delay)
 
     def _check_continuable(self, error: UpstreamError) -> None:
+        """Raise ``error`` if what the client already got rules out another attempt."""
+
+
+class ChatRun(FallbackRun):
+    """A chat completion's way through its plan, continued mid-stream when the route allows."""
+
+    def __init__(self, route: ResolvedRoute, request: ChatRequest, audit: AuditEntry) -> None:
+        super().__init__(route, audit)
+        self.request = request
+        self.progress = StreamProgress()
+
+    async def _attempt(self, target: UpstreamTarget, key: str) -> AsyncIterator[dict[str, Any]]:
+        progress, board = self.progress, breakers()
+        continuing = progress.started
+        async with self._recorded(target, key, continuation=continuing) as record:
+            request, rewrite = self.request, None
+            if continuing:
+                used = sum(a.tokens for a in self.audit.attempts)
+                request = continuation_request(self.request, progress.text, used)
+                rewrite = ContinuationFilter(progress.text, earlier_tokens=used)
+            healthy = False
+            async for body in upstream_attempt(target, request, self.policy, record):
+                if not healthy:
+                    healthy = True  # it answered: that closes a half-open circuit
+                    await board.success(key)
+                for out in rewrite.feed(body) if rewrite else (body,):
+                    self.audit.continued = self.audit.continued or continuing
+                    progress.observe(out)
+                    yield out
+            for out in rewrite.flush() if rewrite else ():
+                progress.observe(out)
+                yield out
+
+    def _check_continuable(self, error: UpstreamError) -> None:
+        if not self.progress.started:
+            return
         record = self.audit.attempts[-1]
         if not self.policy.allow_midstream_fallback:
             raise error
@@ -282,7 +312,7 @@ def route_stream(
     route: ResolvedRoute, request: ChatRequest, audit: AuditEntry
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield chunk bodies for the request; record every attempt in ``audit``."""
-    return FallbackRun(route, request, audit).stream()
+    return ChatRun(route, request, audit).stream()
 
 
 PROBE_TIMEOUT = 15.0

@@ -15,12 +15,13 @@ from typing import Any
 
 from django.urls import URLPattern, path
 
-from streaming.transports import api, api_messages, api_responses
+from streaming.transports import api, api_messages, api_responses, embeddings
 from streaming.transports.http import Receive, Scope, Send, unknown_url
 from streaming.transports.websocket import StreamConsumer
 
 EXACT = {
     "/v1/chat/completions": api.chat_completions_app,
+    "/v1/embeddings": embeddings.embeddings_app,
     "/v1/models": api.models_app,
     "/v1/streams": api.streams_app,
     "/v1/chat/stream": api.chat_stream_app,

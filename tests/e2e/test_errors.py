@@ -169,12 +169,12 @@ def test_method_not_allowed(gateway, alice):
 
 
 def test_an_api_path_that_does_not_exist_is_a_json_404_the_sdk_reads(sdk, gateway, alice):
-    """An SDK call Sluice does not serve (embeddings here) gets OpenAI's own answer to
+    """An SDK call Sluice does not serve (moderations here) gets OpenAI's own answer to
     an unknown URL, not Django's HTML page; so does a malformed stream id."""
     with pytest.raises(openai.NotFoundError) as raised:
-        sdk(alice).embeddings.create(model="any", input="hi")
+        sdk(alice).moderations.create(model="any", input="hi")
     assert raised.value.status_code == 404
-    assert raised.value.body["message"] == "Invalid URL (POST /v1/embeddings)"
+    assert raised.value.body["message"] == "Invalid URL (POST /v1/moderations)"
     assert raised.value.code == "unknown_url"
 
     response = httpx.get(f"{gateway.url}/v1/streams/{'x' * 200}", headers=alice.headers)

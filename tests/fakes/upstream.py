@@ -87,8 +87,8 @@ def script_from_model_name(model: str) -> Script | None:
 class FakeUpstream:
     """A scripted fake of the OpenAI and Anthropic streaming APIs.
 
-    ``base_url`` (``http://127.0.0.1:PORT/v1``) serves ``/chat/completions``
-    and ``/messages``. It counts requests received and requests still open
+    ``base_url`` (``http://127.0.0.1:PORT/v1``) serves ``/chat/completions``,
+    ``/embeddings`` and ``/messages``. It counts requests received and requests still open
     (a request closes when its handler ends, by completion or by the client
     disconnecting), and records each request's headers and JSON body.
     """
@@ -144,6 +144,7 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         # handler_cancellation: a client disconnect must end hung and stalled
         # handlers too, or the open-request count would never go back down.
         runner = self._runner = web.AppRunner(
@@ -264,6 +265,9 @@ class FakeUpstream:
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, self._anthropic_answer)
 
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._embeddings_answer)
+
     async def _handle(
         self,
         request: web.Request,
@@ -326,6 +330,22 @@ class FakeUpstream:
             "shape": wire.openai_shape_frame(script.shape),
         }
         return await self._stream(request, script, wire.openai_frames(script, body), faults)
+
+    async def _embeddings_answer(
+        self, request: web.Request, script: Script, body: Any
+    ) -> web.StreamResponse:
+        """OpenAI's embeddings; the faults that strike before an answer apply
+        (``refuse``, ``hang``, an error status), ``ttft`` delays the answer."""
+        await self._before_answer(request, script)
+        if script.status and script.status != 200:
+            error = (
+                wire.openai_echo_body(script.status, list(request.headers.items()))
+                if script.fault in ECHO_FAULTS
+                else wire.openai_error_body(script.status, fault=script.fault)
+            )
+            return self._error_response(script, error)
+        await asyncio.sleep(script.ttft)
+        return web.json_response(wire.openai_embeddings(body), dumps=_dumps)
 
     async def _anthropic_answer(
         self, request: web.Request, script: Script, body: Any

@@ -7,8 +7,11 @@ server walks the frames and injects the scripted fault at the right place.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import struct
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,6 +197,41 @@ def openai_completion(script: Script, body: dict[str, Any]) -> dict[str, Any]:
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         },
+    }
+
+
+EMBEDDING_DIMENSIONS = 8
+
+
+def embedding_inputs(value: Any) -> list[Any]:
+    """The inputs of an embeddings request, one per vector (as OpenAI reads ``input``)."""
+    if isinstance(value, str) or (value and all(isinstance(v, int) for v in value)):
+        return [value]
+    return list(value or [])
+
+
+def fake_embedding(item: Any, dimensions: int) -> list[float]:
+    """A vector from a checksum of ``item``: eighths, so float32 (base64) holds them exactly."""
+    seed = zlib.crc32(orjson.dumps(item))
+    return [((seed >> (k % 24)) + k) % 17 / 8 - 1 for k in range(dimensions)]
+
+
+def openai_embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """An embeddings ``list`` as OpenAI sends it, float or base64 as the request asks."""
+    inputs = embedding_inputs(body.get("input"))
+    dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
+    data = []
+    for index, item in enumerate(inputs):
+        vector: Any = fake_embedding(item, dimensions)
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = sum(len(i) if isinstance(i, list) else len(i.split()) for i in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model", ""),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 
