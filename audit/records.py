@@ -55,6 +55,13 @@ class AuditEntry:
     tool_calls: list[Any] = field(default_factory=list)
     finish_reason: str = ""
     usage: dict[str, Any] = field(default_factory=dict)
+    # What the request is charged for, summed over its attempts (usage as the
+    # upstreams reported it, or counted from the output where they did not).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
     ttft_ms: float | None = None
     duration_ms: float | None = None
     outcome: str = "completed"

@@ -11,6 +11,7 @@ from streaming.providers.base import (
     ChatRequest,
     EmbeddingRequest,
     Embeddings,
+    Price,
     ProviderAdapter,
     UpstreamTarget,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "ChatRequest",
     "EmbeddingRequest",
     "Embeddings",
+    "Price",
     "ProviderAdapter",
     "UpstreamError",
     "UpstreamTarget",

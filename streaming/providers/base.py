@@ -38,8 +38,34 @@ from streaming.providers.scrub import Scrubber
 
 
 @dataclass(frozen=True, slots=True)
+class Price:
+    """What a provider's model costs, in USD per million tokens.
+
+    ``cached_input_per_mtok`` is the price of prompt tokens the upstream
+    served from its cache (None: the same as ``input_per_mtok``).
+    """
+
+    input_per_mtok: float
+    output_per_mtok: float
+    cached_input_per_mtok: float | None = None
+
+    def cost(self, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """USD for one call; ``cached_tokens`` are part of ``prompt_tokens``."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        cached_price = self.cached_input_per_mtok
+        if cached_price is None:
+            cached_price = self.input_per_mtok
+        return (
+            (prompt_tokens - cached) * self.input_per_mtok
+            + cached * cached_price
+            + completion_tokens * self.output_per_mtok
+        ) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamTarget:
-    """One place a request can go: a provider plus the model name it knows."""
+    """One place a request can go: a provider plus the model name it knows,
+    and its price (None: no price configured, costs count as 0)."""
 
     provider: str
     kind: str
@@ -47,6 +73,7 @@ class UpstreamTarget:
     model: str
     api_key: str = field(default="", repr=False)
     params: dict[str, Any] = field(default_factory=dict)
+    price: Price | None = None
 
 
 @dataclass(slots=True)
