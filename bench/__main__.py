@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import report
+from bench import governance, report
 from bench.report import Row
 from bench.scenarios import SCENARIOS, Bench, Sizes, saturation
 from bench.stack import (
@@ -33,6 +33,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 ALL: dict[str, Callable[[Bench], list[Row]]] = {
     **SCENARIOS,
+    "limits": governance.limits,
+    "noisy": governance.noisy,
     "stalled": stalled,
     "daphne-saturation": lambda bench: saturation(bench, "sse", "daphne"),
     # Only its cut-off is in question: one run.

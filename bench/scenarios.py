@@ -62,6 +62,8 @@ class Sizes:
     stall_runs: int = 3  # the stalled reader's figures are medians of this many runs
     stall_readers: int = 8  # readers on the stalled stream, all stalled or all keeping up
     sustained_requests: int = 20_000
+    noisy_streams: int = 1000  # app A's open streams in the noisy-neighbour row
+    noisy_sequential: int = 500  # app B's requests, quiet and then noisy
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -82,6 +84,8 @@ class Sizes:
             stall_runs=1,
             stall_readers=2,
             sustained_requests=200,
+            noisy_streams=40,
+            noisy_sequential=20,
         )
 
     def models(self) -> dict[str, str]:
@@ -93,6 +97,7 @@ class Sizes:
             "saturation": f"fake:tokens={self.saturation_tokens}",
             "open": f"fake:tokens={self.open_tokens},delay={self.open_delay}",
             "stalled": f"fake:tokens={self.stalled_tokens}",
+            "noisy": "fake:tokens=15,delay=1.0",
         }
 
 
