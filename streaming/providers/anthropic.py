@@ -17,6 +17,7 @@ from streaming.providers.base import (
     ProviderAdapter,
     UpstreamTarget,
     post_event_stream,
+    post_json,
 )
 from streaming.providers.errors import (
     ProtocolError,
@@ -326,13 +327,25 @@ class AnthropicAdapter(ProviderAdapter):
     kind = "anthropic"
     path = "/messages"
 
+    async def count_tokens(
+        self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
+    ) -> int:
+        """The upstream's own count of the request's input tokens (``/messages/count_tokens``)."""
+        url = f"{target.base_url.rstrip('/')}/messages/count_tokens"
+        body = {k: v for k, v in build_body(target, request).items() if k in _COUNTED}
+        obj = await post_json(
+            client, url, headers=_headers(target), body=body, api_key=target.api_key
+        )
+        tokens = obj.get("input_tokens") if isinstance(obj, dict) else None
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise ProtocolError("upstream sent a count without input_tokens")
+        return tokens
+
     async def stream(
         self, client: UpstreamPool, target: UpstreamTarget, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
         url = self.url(target)
-        headers = {"anthropic-version": ANTHROPIC_VERSION}
-        if target.api_key:
-            headers["x-api-key"] = target.api_key
+        headers = _headers(target)
         decoder = AnthropicStreamDecoder()
         sse = SSEDecoder()
         body = build_body(target, request)
@@ -346,6 +359,17 @@ class AnthropicAdapter(ProviderAdapter):
                     if decoder.done:
                         return
         raise ProtocolError("upstream closed the stream early")
+
+
+# What /messages/count_tokens accepts of a Messages body.
+_COUNTED = ("model", "messages", "system", "tools", "tool_choice")
+
+
+def _headers(target: UpstreamTarget) -> dict[str, str]:
+    headers = {"anthropic-version": ANTHROPIC_VERSION}
+    if target.api_key:
+        headers["x-api-key"] = target.api_key
+    return headers
 
 
 def _parse(data: str) -> dict[str, Any]:

@@ -16,11 +16,15 @@ import asyncio
 import orjson
 
 from streaming.core.events import Inbound
+from streaming.providers.anthropic import AnthropicAdapter
+from streaming.providers.errors import TargetFailure, UpstreamError
+from streaming.providers.pool import upstream_pool
 from streaming.transports.api import (
     _error_response,
     _event_stream,
     _hold_first_event,
     _identity,
+    _route_for,
     _start,
     _wait_or_cancel,
 )
@@ -30,6 +34,8 @@ from streaming.transports.errors import ApiError
 from streaming.transports.http import ApiRequest, JsonResponse, StreamResponse
 from streaming.transports.inbound.messages import parse_messages_request
 from streaming.transports.schema import parse_json_body
+
+COUNT_MAX_TOKENS = 2**31 - 1  # what a count request stands in for max_tokens
 
 
 async def create_message(request: ApiRequest) -> JsonResponse | StreamResponse:
@@ -54,13 +60,39 @@ async def create_message(request: ApiRequest) -> JsonResponse | StreamResponse:
 
 
 async def count_tokens(request: ApiRequest) -> JsonResponse:
-    """Not served: Sluice counts tokens only as upstreams report them."""
-    await _identity(request)
+    """Anthropic's own count, for a model routed to Anthropic (its targets in
+    order); for any other model, a 404 that says it is not served: only
+    Anthropic counts tokens without generating, and a guess is not a count."""
+    identity = await _identity(request)
+    data = parse_json_body(request.body)
+    if isinstance(data, dict) and "max_tokens" not in data:
+        data = {**data, "max_tokens": COUNT_MAX_TOKENS}  # a count has none
+    parsed = parse_messages_request(data)
+    route = await _route_for(identity, parsed.chat.model)
+    targets = [choice.upstream for choice in route.targets if choice.upstream.kind == "anthropic"]
+    if not targets:
+        raise ApiError(
+            404,
+            f"POST /v1/messages/count_tokens is not served for the model '{route.model}': "
+            "only models routed to Anthropic are counted; token counts come with each "
+            "response's usage",
+            code="not_served",
+        )
+    failure: UpstreamError | None = None
+    for target in targets:
+        try:
+            tokens = await AnthropicAdapter().count_tokens(upstream_pool(), target, parsed.chat)
+        except TargetFailure as error:
+            failure = error  # the next Anthropic target may answer
+            continue
+        except UpstreamError as error:
+            raise ApiError(error.client_status, error.message, code=error.error_class) from None
+        return JsonResponse({"input_tokens": tokens})
+    assert failure is not None
     raise ApiError(
-        404,
-        "POST /v1/messages/count_tokens is not served by this gateway: token counts "
-        "come with each response's usage (message_start / message_delta)",
-        code="not_served",
+        failure.client_status,
+        f"upstream failed: {failure.message}",
+        code=failure.error_class,
     )
 
 

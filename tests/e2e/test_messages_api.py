@@ -236,7 +236,25 @@ def test_a_dropped_stream_resumes_by_id(gateway, alice, make_route, upstream):
     assert full[0][2]["message"]["id"] == stream_id
 
 
-def test_count_tokens_says_it_is_not_served(gateway, alice, claude, demo_model):
+def test_count_tokens_says_it_is_not_served_for_other_providers(gateway, alice, claude, demo_model):
     with pytest.raises(anthropic.NotFoundError) as error:
         claude(alice).messages.count_tokens(model=demo_model, messages=HELLO)
+    assert error.value.body["error"]["type"] == "not_found_error"
     assert "not served" in error.value.body["error"]["message"]
+
+
+def test_count_tokens_is_anthropics_own_count(gateway, alice, claude, make_route, upstream):
+    from tests.fakes import wire
+
+    model, upstream_model = route_to(make_route, upstream, "anthropic", tokens=TOKENS)
+
+    counted = claude(alice).messages.count_tokens(
+        model=model, system="Be brief.", messages=HELLO, tools=[WEATHER]
+    )
+
+    sent = upstream.requests_for(upstream_model)[-1]
+    assert sent.path == "/v1/messages/count_tokens"
+    assert sent.headers["x-api-key"] == "sk-up"  # the provider's key, not the app's token
+    assert set(sent.body) <= {"model", "messages", "system", "tools", "tool_choice"}
+    assert sent.body["model"] == upstream_model and sent.body["system"] == "Be brief."
+    assert counted.input_tokens == wire.count_input_tokens(sent.body) > 0

@@ -145,6 +145,7 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         # handler_cancellation: a client disconnect must end hung and stalled
         # handlers too, or the open-request count would never go back down.
         runner = self._runner = web.AppRunner(
@@ -267,6 +268,19 @@ class FakeUpstream:
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, self._embeddings_answer)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._count_answer)
+
+    async def _count_answer(
+        self, request: web.Request, script: Script, body: Any
+    ) -> web.StreamResponse:
+        """Anthropic's token count (``wire.count_input_tokens``); the faults
+        that strike before an answer apply, as for embeddings."""
+        await self._before_answer(request, script)
+        if script.status and script.status != 200:
+            return self._error_response(script, wire.anthropic_error_body(script.status))
+        return web.json_response({"input_tokens": wire.count_input_tokens(body)}, dumps=_dumps)
 
     async def _handle(
         self,

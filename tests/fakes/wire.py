@@ -245,6 +245,15 @@ def openai_error_frame(error_type: str | None) -> bytes:
 # --- Anthropic -------------------------------------------------------------------------
 
 
+def count_input_tokens(body: Any) -> int:
+    """The fake's token count of a Messages body: one per started 4 characters
+    of every text (system, messages, tool schemas), so tests can predict it."""
+    text = orjson.dumps(
+        [body.get("system", ""), body.get("messages", []), body.get("tools", [])]
+    ).decode()
+    return -(-len(text) // 4)
+
+
 def anthropic_error_body(
     status: int, error_type: str | None = None, fault: str | None = None
 ) -> dict[str, Any]:
