@@ -1,4 +1,5 @@
-"""Ops edit an app's policy (scopes, allowed models, on/off) on DOT's Application page.
+"""Ops edit an app's policy (scopes, allowed models, on/off) on DOT's Application page,
+and see its long-lived tokens there (issued and revoked in accounts.admin_tokens).
 
 What means nothing for client-credentials apps (grants, ID tokens, refresh
 tokens) is kept out of the admin; access tokens stay, so ops can see and
@@ -21,6 +22,7 @@ from oauth2_provider.models import (
 )
 from oauth2_provider.scopes import get_scopes_backend
 
+from accounts.admin_tokens import tokens_of
 from accounts.models import AppPolicy
 
 Application = get_application_model()
@@ -89,13 +91,22 @@ class SluiceApplicationAdmin(get_application_admin_class()):  # type: ignore[mis
 
     inlines = (AppPolicyInline,)
 
+    @admin.display(description="Long-lived tokens")
+    def long_lived_tokens(self, obj: Any) -> str:
+        return tokens_of(obj)
+
+    def get_readonly_fields(self, request: Any, obj: Any = None) -> Any:
+        return (*super().get_readonly_fields(request, obj), "long_lived_tokens")
+
     def get_fieldsets(self, request: Any, obj: Any = None) -> Any:
         """What a client-credentials app is made of first; the rest of OAuth2 folded away."""
         fields = [
             f for _, options in super().get_fieldsets(request, obj) for f in options["fields"]
         ]
         first = [f for f in CLIENT_CREDENTIALS_FIELDS if f in fields]
-        rest = [f for f in fields if f not in first]
+        if obj is not None:
+            first.append("long_lived_tokens")
+        rest = [f for f in fields if f not in first and f != "long_lived_tokens"]
         return [
             (None, {"fields": first}),
             (

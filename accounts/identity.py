@@ -31,7 +31,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from oauth2_provider.models import get_access_token_model, get_application_model
 
-from accounts.models import AppPolicy
+from accounts.models import NEVER_EXPIRES, AppPolicy
+from accounts.tokens import app_token_touch
 from gateway.cache import SingleFlightCache
 
 CACHE_MAX_ENTRIES = 10_000
@@ -127,13 +128,14 @@ def clear_token_cache() -> None:
 def _token_identity(lookup: dict[str, Any]) -> AppIdentity:
     token = (
         get_access_token_model()
-        .objects.select_related("application__policy")
+        .objects.select_related("application__policy", "app_token")
         .filter(**lookup)
         .first()
     )
     if token is None or token.application is None:
         raise AuthError(401, "invalid_token", "The access token is not valid.")
-    expires_at = token.expires.timestamp()
+    # A token that never expires has no expiry timer and is cached as long as any.
+    expires_at = math.inf if token.expires >= NEVER_EXPIRES else token.expires.timestamp()
     if expires_at <= _clock():
         raise AuthError(401, "token_expired", "The access token has expired.")
     policy = AppPolicy.of(token.application)
@@ -141,6 +143,9 @@ def _token_identity(lookup: dict[str, Any]) -> AppIdentity:
         raise AuthError(403, "app_disabled", "This app is disabled.")
     # The policy is read at use, not only at issue, so narrowing it takes effect at once.
     scopes = frozenset(token.scope.split()) & frozenset(policy.scopes)
+    app_token = getattr(token, "app_token", None)  # a long-lived token's record
+    if app_token is not None:
+        app_token_touch(app_token)  # here, on a cache miss: never a write per request
     return _identity(
         token.application, policy, token_id=token.pk, scopes=scopes, expires=expires_at
     )
@@ -186,6 +191,12 @@ async def resolve_bearer(token: str) -> AppIdentity:
     """The identity behind a bearer token. Raises AuthError (401, or 403 app_disabled)."""
     checksum = token_checksum(token)
     return await _identities.get(checksum, partial(_load_token, {"token_checksum": checksum}))
+
+
+def bearer_identity(token: str) -> AppIdentity:
+    """The identity behind a bearer token, looked up now (sync, uncached: the
+    management API, where a query per request is nothing). Raises AuthError."""
+    return _token_identity({"token_checksum": token_checksum(token)})
 
 
 async def resolve_token_id(token_id: int) -> AppIdentity:

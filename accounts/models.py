@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 from oauth2_provider.scopes import get_scopes_backend
 from oauth2_provider.settings import oauth2_settings
 
@@ -74,3 +76,56 @@ class AppPolicy(models.Model):
         """The application's policy, or the default one; no query if already loaded."""
         policy = getattr(application, "policy", None)
         return policy if policy is not None else cls.default_for(application)
+
+
+# An expiry no token reaches: DOT's AccessToken needs one ("never" is this date).
+NEVER_EXPIRES = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+class AppToken(models.Model):
+    """What ops know of a long-lived access token: a name, a visible prefix, use.
+
+    The token itself is a DOT AccessToken of the app (so every transport takes
+    it as it takes a client-credentials token), stored hashed. Revoking
+    deletes the AccessToken, as DOT does; this row stays, with ``revoked``
+    set, so the listing still tells what was issued and when it died.
+    ``scopes`` and ``expires`` are as issued (``expires`` None: never).
+    """
+
+    application = models.ForeignKey(
+        oauth2_settings.APPLICATION_MODEL, on_delete=models.CASCADE, related_name="app_tokens"
+    )
+    access_token = models.OneToOneField(
+        oauth2_settings.ACCESS_TOKEN_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="app_token",
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=32, db_index=True, help_text="Enough to recognise it.")
+    scopes = models.JSONField(default=list)
+    expires = models.DateTimeField(null=True, blank=True, help_text="Empty: never.")
+    created = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=200, blank=True)
+    last_used = models.DateTimeField(
+        null=True, blank=True, help_text="To within a minute or two (not written per request)."
+    )
+    revoked = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "long-lived token"
+        ordering = ("-created", "-pk")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def status(self) -> str:
+        if self.revoked is not None:
+            return "revoked"
+        if self.access_token_id is None or (
+            self.expires is not None and self.expires <= timezone.now()
+        ):
+            return "expired"
+        return "active"

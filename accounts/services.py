@@ -43,11 +43,18 @@ class AppSummary:
     active_tokens: int
 
 
-def app_create(*, name: str, scopes: list[str], models: list[str] | None = None) -> tuple[Any, str]:
+def app_create(
+    *,
+    name: str,
+    scopes: list[str],
+    models: list[str] | None = None,
+    policy: dict[str, Any] | None = None,
+) -> tuple[Any, str]:
     """A confidential client-credentials app plus its policy; returns (app, plaintext secret).
 
     DOT hashes the secret on save, so this is the only moment it can be shown.
-    Names are unique among apps (ops address apps by name).
+    Names are unique among apps (ops address apps by name). ``policy`` holds
+    any other AppPolicy fields (checked by the model's validators).
     """
     Application = get_application_model()
     validate_scope_list(scopes)
@@ -63,8 +70,38 @@ def app_create(*, name: str, scopes: list[str], models: list[str] | None = None)
             client_secret=secret,
             hash_client_secret=True,
         )
-        AppPolicy.objects.create(application=app, scopes=list(scopes), allowed_models=models or [])
+        row = AppPolicy(
+            application=app, scopes=list(scopes), allowed_models=models or [], **(policy or {})
+        )
+        row.full_clean(exclude=["application"])
+        row.save()
     return app, secret
+
+
+def app_update(*, name: str, new_name: str | None = None, policy: dict[str, Any]) -> AppPolicy:
+    """Change an app's policy fields (and its name); the model's validators check them.
+
+    Saving the policy drops cached identities everywhere, and disabling the
+    app ends its open streams (accounts.signals).
+    """
+    app = app_get(name=name)
+    with transaction.atomic():
+        if new_name and new_name != app.name:
+            if get_application_model().objects.filter(name=new_name).exists():
+                raise AppExists(f"An app named {new_name!r} already exists.")
+            app.name = new_name
+            app.save(update_fields=["name", "updated"])
+        row, _ = AppPolicy.objects.get_or_create(application=app)
+        for field, value in policy.items():
+            setattr(row, field, value)
+        row.full_clean(exclude=["application"])
+        row.save()
+    return row
+
+
+def app_delete(*, name: str) -> None:
+    """Delete an app with its tokens; what it holds open ends (reason app_deleted)."""
+    app_get(name=name).delete()
 
 
 def app_ensure(
@@ -92,8 +129,9 @@ def app_ensure(
 
 
 def app_revoke_tokens(*, name: str) -> int:
-    """Revoke every token of the app named ``name``; returns how many access tokens died."""
-    app = _app_by_name(name)
+    """Revoke every token of the app named ``name`` (long-lived ones too); returns how many
+    access tokens died."""
+    app = app_get(name=name)
     with transaction.atomic():
         get_refresh_token_model().objects.filter(application=app, revoked__isnull=True).update(
             revoked=timezone.now()
@@ -123,7 +161,8 @@ def _summary(app: Any) -> AppSummary:
     )
 
 
-def _app_by_name(name: str) -> Any:
+def app_get(*, name: str) -> Any:
+    """The app named ``name``. Raises AppNotFound."""
     app = get_application_model().objects.filter(name=name).order_by("pk").first()
     if app is None:
         raise AppNotFound(f"No app named {name!r}.")
@@ -141,7 +180,7 @@ def playground_app_ensure() -> int:
         try:
             app, _secret = app_create(name=PLAYGROUND_APP, scopes=["chat"])
         except AppExists:  # created by a concurrent request
-            app = _app_by_name(PLAYGROUND_APP)
+            app = app_get(name=PLAYGROUND_APP)
     return int(app.pk)
 
 

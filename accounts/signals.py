@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import QuerySet
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_save, pre_delete
 from django.utils import timezone
 from oauth2_provider.models import get_access_token_model, get_application_model
 
@@ -31,6 +31,7 @@ from accounts.revocation import (
     Revocation,
     publish,
 )
+from accounts.tokens import mark_revoked
 
 
 def _on_commit(revocation: Revocation, using: str | None) -> None:
@@ -43,6 +44,11 @@ def _token_saved(sender: Any, instance: Any, created: bool = False, **kwargs: An
         # Expired by hand (the admin): its connections end now, not at the old expiry.
         reason = TOKEN_EXPIRED if instance.expires <= timezone.now() else None
         _on_commit(Revocation(token_id=instance.pk, reason=reason), kwargs.get("using"))
+
+
+def _token_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
+    # Before the delete nulls the link: a long-lived token's record says it was revoked.
+    mark_revoked(access_token_id=instance.pk)
 
 
 def _token_deleted(sender: Any, instance: Any, origin: Any = None, **kwargs: Any) -> None:
@@ -84,6 +90,7 @@ def connect() -> None:
     token_model = get_access_token_model()
     app_model = get_application_model()
     post_save.connect(_token_saved, sender=token_model, dispatch_uid="sluice.token_saved")
+    pre_delete.connect(_token_deleting, sender=token_model, dispatch_uid="sluice.token_deleting")
     post_delete.connect(_token_deleted, sender=token_model, dispatch_uid="sluice.token_deleted")
     post_save.connect(_app_saved, sender=app_model, dispatch_uid="sluice.app_saved")
     post_delete.connect(_app_deleted, sender=app_model, dispatch_uid="sluice.app_deleted")

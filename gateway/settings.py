@@ -151,13 +151,21 @@ OAUTH2_PROVIDER = {
     "CLIENT_SECRET_HASHER": "sluice_client_secret",
     # Grants only the scopes an app's policy allows; refuses disabled apps.
     "OAUTH2_VALIDATOR_CLASS": "accounts.oauth_validator.SluiceOAuth2Validator",
+    # Tokens are stored hashed (RFC 9700): the token column stays blank, found by sha256.
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
 }
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
+OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
 
+# The management API (/api/v1/): apps' bearer tokens with the admin scope, JSON only.
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": [
-        "oauth2_provider.contrib.rest_framework.OAuth2Authentication",
-    ],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.api.auth.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.api.auth.HasAdminScope"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": None,
 }
 
 LOGIN_URL = "/admin/login/"

@@ -1,5 +1,5 @@
-"""Django routes: admin (and the staff pages in it), OAuth2, health, metrics,
-static files. The streaming API is served by gateway.asgi."""
+"""Django routes: admin (and the staff pages in it), OAuth2, the management API,
+health, metrics, static files. The streaming API is served by gateway.asgi."""
 
 import mimetypes
 from pathlib import Path
@@ -9,6 +9,7 @@ from django.contrib.staticfiles import finders
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import include, path, re_path
 
+from accounts.api.urls import urlpatterns as accounts_api
 from accounts.views import admin_login, token
 from streaming.observability.export import metrics_view
 from streaming.pages import eventsource_page, favicon, landing_page
@@ -27,6 +28,10 @@ def static_file(request: HttpRequest, path: str) -> HttpResponse:
     return response
 
 
+# The management API (djangorestframework; REST_FRAMEWORK in settings): each app's
+# routes join here (audit's usage/ next).
+api_v1 = [*accounts_api]
+
 urlpatterns = [
     path("", landing_page, name="landing"),
     path("favicon.ico", favicon),
@@ -36,6 +41,7 @@ urlpatterns = [
     path("o/token/", token, name="sluice_token"),
     path("admin/", admin.site.urls),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
+    path("api/v1/", include(api_v1)),
     path("healthz", healthz),
     path("readyz", readyz),
     path("try/eventsource", eventsource_page),

@@ -1,0 +1,80 @@
+"""How apps and their long-lived tokens look in the management API (and the shell)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from accounts.models import AppPolicy, AppToken, validate_name_list
+from accounts.tokens import parse_expiry, validate_token_scopes
+
+
+class AppSerializer(serializers.ModelSerializer):
+    """An app: its name and client id, then its policy's fields.
+
+    A new AppPolicy field joins the API by adding its name to ``Meta.fields``;
+    its model validators come with it.
+    """
+
+    name = serializers.CharField(source="application.name", max_length=255)
+    client_id = serializers.CharField(source="application.client_id", read_only=True)
+    models = serializers.ListField(
+        source="allowed_models",
+        child=serializers.CharField(),
+        required=False,
+        validators=[validate_name_list],
+        help_text="Models this app may call; empty: every model.",
+    )
+
+    class Meta:
+        model = AppPolicy
+        fields = ("name", "client_id", "enabled", "scopes", "models", "created", "updated")
+        read_only_fields = ("created", "updated")
+
+
+class AppTokenSerializer(serializers.ModelSerializer):
+    """A long-lived token as listed: never the token itself."""
+
+    expires = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AppToken
+        fields = (
+            "id",
+            "name",
+            "prefix",
+            "scopes",
+            "created",
+            "created_by",
+            "expires",
+            "last_used",
+            "revoked",
+            "status",
+        )
+        read_only_fields = fields
+
+    def get_expires(self, record: AppToken) -> str:
+        return (
+            "never"
+            if record.expires is None
+            else serializers.DateTimeField().to_representation(record.expires)
+        )
+
+
+def _expiry(value: str) -> None:
+    parse_expiry(value)
+
+
+class AppTokenCreateSerializer(serializers.Serializer):
+    """What issuing a token takes; ``context["policy"]`` is the app's policy."""
+
+    name = serializers.CharField(max_length=100)
+    expires = serializers.CharField(default="90d", validators=[_expiry])
+    scopes = serializers.ListField(child=serializers.CharField(), required=False)
+
+    def validate_scopes(self, scopes: list[str]) -> list[str]:
+        try:
+            validate_token_scopes(scopes, self.context["policy"])
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.messages) from error
+        return scopes
