@@ -39,6 +39,9 @@ class UpstreamAttemptInline(ReadOnlyAdminMixin, admin.TabularInline):
         "outcome",
         "status_code",
         "tokens",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
         "continuation",
         "started",
         "first_token_ms",
@@ -115,6 +118,7 @@ class AuditRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "ttft",
         "duration",
         "tokens",
+        "cost",
     )
     list_filter = ("outcome", "protocol", "public_model", "provider", "app_name")
     date_hierarchy = "started_at"
@@ -149,6 +153,18 @@ class AuditRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             {"fields": ("started_at", "ended_at", "ttft_ms", "duration_ms", "usage")},
         ),
         (
+            "Charged",
+            {
+                "fields": (
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "cached_tokens",
+                    "reasoning_tokens",
+                    "cost_usd",
+                )
+            },
+        ),
+        (
             "Errors and recovery",
             {"fields": ("error_class", "error_message", "resumes", "continued")},
         ),
@@ -167,8 +183,13 @@ class AuditRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return _ms(record.duration_ms)
 
     @admin.display(description="tokens")
-    def tokens(self, record: AuditRecord) -> int | None:
-        return (record.usage or {}).get("total_tokens")
+    def tokens(self, record: AuditRecord) -> int:
+        """Charged tokens (prompt + completion, summed over the attempts)."""
+        return record.prompt_tokens + record.completion_tokens
+
+    @admin.display(description="cost (USD)", ordering="cost_usd")
+    def cost(self, record: AuditRecord) -> str:
+        return f"{record.cost_usd:.6f}"
 
     @admin.display(description="transcript")
     def transcript(self, record: AuditRecord) -> SafeString:

@@ -67,6 +67,12 @@ class AuditRecord(models.Model):
     tool_calls = models.JSONField(default=list, blank=True)
     finish_reason = models.CharField(max_length=64, blank=True)
     usage = models.JSONField(default=dict, blank=True)
+    # What the request is charged for, over all its attempts (streaming.routing.usage).
+    prompt_tokens = models.IntegerField(default=0)
+    completion_tokens = models.IntegerField(default=0)
+    cached_tokens = models.IntegerField(default=0)
+    reasoning_tokens = models.IntegerField(default=0)
+    cost_usd = models.DecimalField("cost (USD)", max_digits=18, decimal_places=10, default=0)
     ttft_ms = models.FloatField("TTFT (ms)", null=True, blank=True)
     duration_ms = models.FloatField("duration (ms)", null=True, blank=True)
     outcome = models.CharField(max_length=32, choices=Outcome.choices)
@@ -114,6 +120,12 @@ class UpstreamAttempt(models.Model):
     tokens = models.IntegerField(default=0)
     # This attempt continued a stream mid-way after another target failed.
     continuation = models.BooleanField(default=False)
+    # What this attempt is charged for.
+    prompt_tokens = models.IntegerField(default=0)
+    completion_tokens = models.IntegerField(default=0)
+    cached_tokens = models.IntegerField(default=0)
+    reasoning_tokens = models.IntegerField(default=0)
+    cost_usd = models.DecimalField("cost (USD)", max_digits=18, decimal_places=10, default=0)
 
     class Meta:
         ordering = ["record", "index"]

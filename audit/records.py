@@ -26,6 +26,12 @@ class AttemptEntry:
     error_message: str = ""
     tokens: int = 0
     continuation: bool = False
+    # What this attempt is charged for (see streaming.routing.usage).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import Group, Permission
@@ -53,6 +54,7 @@ def _record_fields(entry: AuditEntry, known_apps: set[int]) -> dict[str, Any]:
         "response_text": storable_text(entry.response_text),
         "tool_calls": storable_json(entry.tool_calls),
         "usage": storable_json(entry.usage),
+        **_charged(entry),
         "ttft_ms": entry.ttft_ms,
         "duration_ms": duration_ms,
         "status_code": entry.status_code,
@@ -91,7 +93,23 @@ def _attempt_fields(index: int, a: AttemptEntry) -> dict[str, Any]:
         "error_message": storable_text(a.error_message),
         "tokens": a.tokens,
         "continuation": a.continuation,
+        **_charged(a),
     }
+
+
+def _charged(item: AuditEntry | AttemptEntry) -> dict[str, Any]:
+    return {
+        "prompt_tokens": item.prompt_tokens,
+        "completion_tokens": item.completion_tokens,
+        "cached_tokens": item.cached_tokens,
+        "reasoning_tokens": item.reasoning_tokens,
+        "cost_usd": usd(item.cost_usd),
+    }
+
+
+def usd(amount: float) -> Decimal:
+    """A cost as stored: a Decimal of 10 decimal places (a token can cost 1e-8 USD)."""
+    return Decimal(f"{amount:.10f}")
 
 
 def _attempt_rows(record: AuditRecord, attempts: Iterable[AttemptEntry]) -> list[UpstreamAttempt]:

@@ -1,4 +1,4 @@
-"""Ops staff configure providers and routes here. Keys are write-only.
+"""Ops staff configure providers, routes and prices here. Keys are write-only.
 
 Every save clears the route cache (streaming.signals), so a change applies to
 the next request, on every instance when Redis is configured. Circuit
@@ -24,6 +24,7 @@ from django.utils.html import format_html_join
 
 from streaming import crypto
 from streaming.models import (
+    ModelPrice,
     ModelRoute,
     Provider,
     RetryOn,
@@ -297,3 +298,22 @@ class ModelRouteAdmin(admin.ModelAdmin):
     @admin.display(description="Targets")
     def target_list(self, obj: ModelRoute) -> str:
         return " → ".join(str(t) for t in obj.targets.all())
+
+
+# -- prices ---------------------------------------------------------------------
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    """USD per million tokens for a provider's model; the audit prices each attempt with it."""
+
+    list_display = [
+        "provider",
+        "model",
+        "input_per_mtok",
+        "cached_input_per_mtok",
+        "output_per_mtok",
+        "updated_at",
+    ]
+    list_filter = ["provider"]
+    search_fields = ["model", "provider__name"]
+    list_select_related = ["provider"]
+    fields = ["provider", "model", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok"]

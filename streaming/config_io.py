@@ -1,4 +1,4 @@
-"""Configuration as code: import and export providers and routes.
+"""Configuration as code: import and export providers, routes and prices.
 
 The file format (YAML or JSON)::
 
@@ -12,10 +12,14 @@ The file format (YAML or JSON)::
         retry_same_target_on: [connect_error, rate_limited, server_error]
         targets:
           - {provider: local-vllm, model: "meta-llama/Llama-3.1-8B-Instruct"}
+    prices:                             # USD per million tokens, per provider model
+      - {provider: local-vllm, model: "meta-llama/Llama-3.1-8B-Instruct",
+         input_per_mtok: 0.15, cached_input_per_mtok: 0.075, output_per_mtok: 0.60}
 
 Keys are only ever referenced by environment variable name; export never
 includes a secret. Import is idempotent: it updates by name, and a route's
-targets are replaced by the file's list.
+targets are replaced by the file's list, and a price is updated by provider and
+model. What the file leaves out is kept.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from streaming.models import ModelRoute, Provider, RouteTarget
+from streaming.models import ModelPrice, ModelRoute, Provider, RouteTarget
 
 PROVIDER_FIELDS = ("kind", "base_url", "internal_endpoint", "api_key_env", "enabled")
 POLICY_FIELDS = (
@@ -40,6 +44,7 @@ POLICY_FIELDS = (
     "retry_same_target_on",
     "load_balance",
 )
+PRICE_FIELDS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
 
 
 class ConfigError(ValueError):
@@ -53,7 +58,10 @@ def _require(item: dict[str, Any], key: str, where: str) -> Any:
 
 
 def _apply(
-    obj: Provider | ModelRoute, item: dict[str, Any], fields: tuple[str, ...], where: str
+    obj: Provider | ModelRoute | ModelPrice,
+    item: dict[str, Any],
+    fields: tuple[str, ...],
+    where: str,
 ) -> None:
     """Set the fields the file gives, validate like the admin does, save."""
     for field in fields:
@@ -106,16 +114,37 @@ def _import_route(item: dict[str, Any], where: str) -> str:
     return "created" if created else "updated"
 
 
+def _import_price(item: dict[str, Any], where: str) -> str:
+    provider_name = _require(item, "provider", where)
+    model = _require(item, "model", where)
+    unknown = set(item) - {"provider", "model", *PRICE_FIELDS}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+    provider = Provider.objects.filter(name=provider_name).first()
+    if provider is None:
+        raise ConfigError(f"{where}: unknown provider '{provider_name}'")
+    price = ModelPrice.objects.filter(provider=provider, model=model).first()
+    created = price is None
+    if price is None:
+        price = ModelPrice(provider=provider, model=model)
+    _apply(price, item, PRICE_FIELDS, where)
+    return "created" if created else "updated"
+
+
 @transaction.atomic
 def config_import(data: Any) -> dict[str, int]:
     """Apply a configuration document; all or nothing."""
     if not isinstance(data, dict):
-        raise ConfigError("the document must be a mapping with 'providers' and/or 'routes'")
+        raise ConfigError(
+            "the document must be a mapping with 'providers', 'routes' and/or 'prices'"
+        )
     counts = {"created": 0, "updated": 0}
     for i, item in enumerate(data.get("providers") or []):
         counts[_import_provider(item, f"providers[{i}]")] += 1
     for i, item in enumerate(data.get("routes") or []):
         counts[_import_route(item, f"routes[{i}]")] += 1
+    for i, item in enumerate(data.get("prices") or []):
+        counts[_import_price(item, f"prices[{i}]")] += 1
     return counts
 
 
@@ -143,4 +172,8 @@ def config_export() -> dict[str, Any]:
                 ],
             }
         )
-    return {"providers": providers, "routes": routes}
+    prices = [
+        {"provider": p.provider.name, "model": p.model, **{f: getattr(p, f) for f in PRICE_FIELDS}}
+        for p in ModelPrice.objects.select_related("provider").order_by("provider__name", "model")
+    ]
+    return {"providers": providers, "routes": routes, "prices": prices}

@@ -183,3 +183,38 @@ class RouteTarget(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider.name}:{self.upstream_model}"
+
+
+class ModelPrice(models.Model):
+    """What one provider charges for one upstream model, in USD per million tokens.
+
+    A target without a price costs nothing in the audit and the spend views.
+    """
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="prices")
+    model = models.CharField(
+        max_length=200, help_text="The upstream model name, as targets give it."
+    )
+    input_per_mtok = models.FloatField(
+        "input (USD per 1M tokens)", validators=[MinValueValidator(0)]
+    )
+    cached_input_per_mtok = models.FloatField(
+        "cached input (USD per 1M tokens)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Prompt tokens served from the provider's cache; empty: the input price.",
+    )
+    output_per_mtok = models.FloatField(
+        "output (USD per 1M tokens)", validators=[MinValueValidator(0)]
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider__name", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "model"], name="model_price_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name}:{self.model}"

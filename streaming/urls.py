@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from streaming import dashboard
+from streaming import dashboard, spend
 
 app_name = "sluice"
 
@@ -11,4 +11,5 @@ urlpatterns = [
     path("dashboard/feed", dashboard.dashboard_feed, name="dashboard-feed"),
     path("playground/", dashboard.playground_page, name="playground"),
     path("playground/ticket", dashboard.playground_ticket, name="playground-ticket"),
+    path("spend/", spend.spend_page, name="spend"),
 ]

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
@@ -243,15 +244,18 @@ class StreamSession:
         bind(stream_id=self.id)
         metrics.stream_started(self)
         try:
-            async for body in route_stream(self.route, self.request, audit):
-                self._append(body)
-                if audit.ttft_ms is None and has_output(body):
-                    audit.ttft_ms = (time.time() - audit.started_at) * 1000
-                    metrics.first_token(self)
-                    # The upstream may have sent more already; reading it all
-                    # before yielding would hold the first token back from
-                    # its readers. Let them send it first.
-                    await asyncio.sleep(0)
+            # Closed before the end, however it comes: closing settles the
+            # attempts' usage and cost on the audit entry.
+            async with aclosing(route_stream(self.route, self.request, audit)) as bodies:
+                async for body in bodies:
+                    self._append(body)
+                    if audit.ttft_ms is None and has_output(body):
+                        audit.ttft_ms = (time.time() - audit.started_at) * 1000
+                        metrics.first_token(self)
+                        # The upstream may have sent more already; reading it all
+                        # before yielding would hold the first token back from
+                        # its readers. Let them send it first.
+                        await asyncio.sleep(0)
             audit.outcome = "completed"
         except UpstreamError as error:
             self._fail(record_failure(self.audit, error))

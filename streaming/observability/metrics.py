@@ -79,6 +79,17 @@ TOKENS = Counter(
     "Completion tokens relayed (the upstream's usage count, else chunks), at stream end.",
     ["route", "provider", "app"],
 )
+CHARGED_TOKENS = Counter(
+    "sluice_tokens",
+    "Tokens requests were charged for (kind: prompt or completion), summed over their "
+    "attempts, when they end (chat and embeddings).",
+    ["app", "route", "kind"],
+)
+COST = Counter(
+    "sluice_cost_usd",
+    "What requests cost in USD at the price table's prices, when they end.",
+    ["app", "route"],
+)
 UPSTREAM_ATTEMPTS = Counter(
     "sluice_upstream_attempts", "Calls to upstream providers.", ["provider"]
 )
@@ -209,6 +220,7 @@ def stream_ended(stream: Stream) -> None:
         child(TOKENS, route, provider, stream.app_name).inc(tokens)
     if audit.outcome == "abandoned":
         child(ABANDONED, route).inc()
+    _count_charge(stream)
     _count_attempts(audit.attempts)
     livestats.stream_ended(stream, chunks)
 
@@ -221,6 +233,16 @@ def relayed_tokens(usage: dict[str, Any], chunks: int) -> int:
     """The upstream's own completion token count when it sent one, else the chunks."""
     reported = usage.get("completion_tokens") if isinstance(usage, dict) else None
     return reported if isinstance(reported, int) and reported >= 0 else chunks
+
+
+def _count_charge(request: Stream) -> None:
+    audit, app, route = request.audit, request.app_name, request.route_name
+    if audit.prompt_tokens:
+        child(CHARGED_TOKENS, app, route, "prompt").inc(audit.prompt_tokens)
+    if audit.completion_tokens:
+        child(CHARGED_TOKENS, app, route, "completion").inc(audit.completion_tokens)
+    if audit.cost_usd > 0:
+        child(COST, app, route).inc(audit.cost_usd)
 
 
 def _count_attempts(attempts: list[Any]) -> None:
@@ -246,6 +268,7 @@ def embedding_ended(request: Stream, inputs: int) -> None:
         tokens = audit.usage.get("prompt_tokens")
         if isinstance(tokens, int) and tokens > 0:
             child(EMBEDDING_TOKENS, route, provider, request.app_name).inc(tokens)
+    _count_charge(request)
     _count_attempts(audit.attempts)
     livestats.STATS.record_end(0, audit.attempts)  # the dashboard's per-provider counts
 

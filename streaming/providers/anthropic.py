@@ -211,6 +211,7 @@ class AnthropicStreamDecoder:
         self.done = False
         self._tool_index_by_block: dict[int, int] = {}
         self._prompt_tokens = 0
+        self._cached_tokens = 0
         self._completion_tokens = 0
 
     def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -264,11 +265,13 @@ class AnthropicStreamDecoder:
 
     def _on_message_stop(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         self.done = True
-        usage = {
+        usage: dict[str, Any] = {
             "prompt_tokens": self._prompt_tokens,
             "completion_tokens": self._completion_tokens,
             "total_tokens": self._prompt_tokens + self._completion_tokens,
         }
+        if self._cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self._cached_tokens}
         return [{"choices": [], "usage": usage}]
 
     def _on_error(self, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -281,13 +284,15 @@ class AnthropicStreamDecoder:
         )
 
     def _count_usage(self, usage: dict[str, Any]) -> None:
-        # Anthropic's input_tokens excludes cached tokens; OpenAI's prompt_tokens includes them.
+        # Anthropic's input_tokens excludes cached tokens; OpenAI's prompt_tokens
+        # includes them (cache writes are counted as input, reads as cached input).
         prompt = sum(
             _count(usage.get(name))
             for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         )
         if prompt:
             self._prompt_tokens = prompt
+            self._cached_tokens = _count(usage.get("cache_read_input_tokens"))
         if usage.get("output_tokens") is not None:
             # Cumulative in message_delta, so the last value wins.
             self._completion_tokens = _count(usage["output_tokens"])

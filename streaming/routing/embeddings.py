@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import replace
 
@@ -21,6 +21,7 @@ from streaming.providers.pool import upstream_pool
 from streaming.routing.breaker import breakers
 from streaming.routing.fallback import FallbackRun
 from streaming.routing.routes import ResolvedRoute
+from streaming.routing.usage import attempt_cost, estimate_embedding_tokens
 
 
 def embedding_route(route: ResolvedRoute) -> ResolvedRoute:
@@ -36,7 +37,7 @@ class EmbeddingRun(FallbackRun):
         super().__init__(embedding_route(route), audit)
         self.request = request
 
-    async def _attempt(self, target: UpstreamTarget, key: str) -> AsyncIterator[Embeddings]:
+    async def _attempt(self, target: UpstreamTarget, key: str) -> AsyncGenerator[Embeddings, None]:
         async with self._recorded(target, key) as record:
             adapter = adapter_for(target.kind)
             limit = self.policy.first_token_timeout
@@ -47,6 +48,8 @@ class EmbeddingRun(FallbackRun):
                 raise Timeout(f"upstream did not answer within {limit:g} s") from None
             record.first_token_at = time.time()
             record.tokens = result.usage.get("prompt_tokens", 0)
+            record.prompt_tokens = record.tokens or estimate_embedding_tokens(self.request)
+            record.cost_usd = attempt_cost(record, target.price)
             await breakers().success(key)
         yield result
 

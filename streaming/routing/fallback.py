@@ -44,6 +44,7 @@ from streaming.routing.breaker import (
 )
 from streaming.routing.continuation import ContinuationFilter, StreamProgress, continuation_request
 from streaming.routing.routes import ResolvedRoute, RoutePolicy, TargetChoice
+from streaming.routing.usage import AttemptMeter, settle
 
 # Waiting longer than this for one target's Retry-After is worse than moving on.
 MAX_RETRY_AFTER = 30.0
@@ -114,9 +115,14 @@ def _count(record: AttemptEntry, body: dict[str, Any]) -> None:
 
 
 async def upstream_attempt(
-    target: UpstreamTarget, request: ChatRequest, policy: RoutePolicy, record: AttemptEntry
+    target: UpstreamTarget,
+    request: ChatRequest,
+    policy: RoutePolicy,
+    record: AttemptEntry,
+    meter: AttemptMeter,
 ) -> AsyncIterator[dict[str, Any]]:
-    """One upstream call, with first-token and stall timeouts applied.
+    """One upstream call, with first-token and stall timeouts applied; ``meter``
+    sees every chunk the upstream sent.
 
     Chunks with no output (the role-only opener) are held back until the
     first real token, so a failure before it leaves the client nothing to see.
@@ -134,6 +140,7 @@ async def upstream_attempt(
         try:
             async with asyncio.timeout(policy.first_token_timeout) as deadline:
                 async for body in stream:
+                    meter.observe(body)
                     if record.first_token_at is None:
                         if not has_output(body):
                             held.append(body)
@@ -174,38 +181,49 @@ class FallbackRun:
         self.skipped: set[str] = set()  # targets not to try again in this request
 
     async def stream(self) -> AsyncGenerator[Any, None]:
-        """What the first attempt that succeeds yields; the last failure if none does."""
-        plan = plan_attempts(self.route)
-        if not plan:
-            raise NoTarget("no enabled target for this model")
-        board = breakers()
-        await board.prefetch({breaker_key(t) for t in plan})
-        admitted: dict[str, bool] = {}
-        last_error: UpstreamError | None = None
-        for position, target in enumerate(plan):
-            key = breaker_key(target)
-            if key in self.skipped:
-                continue
-            if key not in admitted:
-                admitted[key] = await board.admit(key)
-            if not admitted[key]:
-                continue
-            try:
-                async for body in self._attempt(target, key):
-                    yield body
-                return
-            except UpstreamError as error:
-                last_error = error
-                if error.counts_against_breaker:
-                    # Admission is asked again: a failure that opened the circuit
-                    # (or a half-open probe that failed) stops the retries into it.
-                    admitted.pop(key, None)
-                await self._after_failure(error, plan, position)
-        if last_error is not None:
-            raise last_error
-        raise CircuitOpen("every target of this model is failing (circuit open); try again later")
+        """What the first attempt that succeeds yields; the last failure if none does.
 
-    def _attempt(self, target: UpstreamTarget, key: str) -> AsyncIterator[Any]:
+        However it ends, the audit entry's usage and cost are then its attempts'.
+        """
+        try:
+            plan = plan_attempts(self.route)
+            if not plan:
+                raise NoTarget("no enabled target for this model")
+            board = breakers()
+            await board.prefetch({breaker_key(t) for t in plan})
+            admitted: dict[str, bool] = {}
+            last_error: UpstreamError | None = None
+            for position, target in enumerate(plan):
+                key = breaker_key(target)
+                if key in self.skipped:
+                    continue
+                if key not in admitted:
+                    admitted[key] = await board.admit(key)
+                if not admitted[key]:
+                    continue
+                try:
+                    # Closed here, not left to the collector: its record (and
+                    # its charge) must be final when this run ends.
+                    async with aclosing(self._attempt(target, key)) as attempt:
+                        async for body in attempt:
+                            yield body
+                    return
+                except UpstreamError as error:
+                    last_error = error
+                    if error.counts_against_breaker:
+                        # Admission is asked again: a failure that opened the circuit
+                        # (or a half-open probe that failed) stops the retries into it.
+                        admitted.pop(key, None)
+                    await self._after_failure(error, plan, position)
+            if last_error is not None:
+                raise last_error
+            raise CircuitOpen(
+                "every target of this model is failing (circuit open); try again later"
+            )
+        finally:
+            settle(self.audit)
+
+    def _attempt(self, target: UpstreamTarget, key: str) -> AsyncGenerator[Any, None]:
         """One upstream call to ``target``, made inside ``self._recorded(target, key)``."""
         raise NotImplementedError
 
@@ -273,7 +291,9 @@ class ChatRun(FallbackRun):
         self.request = request
         self.progress = StreamProgress()
 
-    async def _attempt(self, target: UpstreamTarget, key: str) -> AsyncIterator[dict[str, Any]]:
+    async def _attempt(
+        self, target: UpstreamTarget, key: str
+    ) -> AsyncGenerator[dict[str, Any], None]:
         progress, board = self.progress, breakers()
         continuing = progress.started
         async with self._recorded(target, key, continuation=continuing) as record:
@@ -282,18 +302,21 @@ class ChatRun(FallbackRun):
                 used = sum(a.tokens for a in self.audit.attempts)
                 request = continuation_request(self.request, progress.text, used)
                 rewrite = ContinuationFilter(progress.text, earlier_tokens=used)
-            healthy = False
-            async for body in upstream_attempt(target, request, self.policy, record):
-                if not healthy:
-                    healthy = True  # it answered: that closes a half-open circuit
-                    await board.success(key)
-                for out in rewrite.feed(body) if rewrite else (body,):
-                    self.audit.continued = self.audit.continued or continuing
+            healthy, meter = False, AttemptMeter()
+            try:
+                async for body in upstream_attempt(target, request, self.policy, record, meter):
+                    if not healthy:
+                        healthy = True  # it answered: that closes a half-open circuit
+                        await board.success(key)
+                    for out in rewrite.feed(body) if rewrite else (body,):
+                        self.audit.continued = self.audit.continued or continuing
+                        progress.observe(out)
+                        yield out
+                for out in rewrite.flush() if rewrite else ():
                     progress.observe(out)
                     yield out
-            for out in rewrite.flush() if rewrite else ():
-                progress.observe(out)
-                yield out
+            finally:
+                meter.charge(record, request, target.price)
 
     def _check_continuable(self, error: UpstreamError) -> None:
         if not self.progress.started:
@@ -310,8 +333,9 @@ class ChatRun(FallbackRun):
 
 def route_stream(
     route: ResolvedRoute, request: ChatRequest, audit: AuditEntry
-) -> AsyncIterator[dict[str, Any]]:
-    """Yield chunk bodies for the request; record every attempt in ``audit``."""
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Yield chunk bodies for the request; record every attempt in ``audit``, and
+    once closed (or ended), the usage and cost it is charged for."""
     return ChatRun(route, request, audit).stream()
 
 

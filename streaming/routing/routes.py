@@ -1,11 +1,13 @@
 """Route lookup for the hot path: cached in process, invalidated on change.
 
-A cache hit costs a dict lookup. A save in this process clears the cache at
-once (signals call ``invalidate_routes``). With ``REDIS_URL`` set, the save
-also bumps a config version in Redis, and every instance reads that version
-at most every CONFIG_VERSION_CHECK_SECONDS (one GET, on the request path but
-never more than twice a second per process), so a change applies everywhere
-within about half a second. Without Redis, other processes pick changes up
+A route is loaded with its targets' prices (``ModelPrice``, by provider and
+upstream model). A cache hit costs a dict lookup. A save in this process (of a
+provider, a route, a target or a price) clears the cache at once (signals call
+``invalidate_routes``). With ``REDIS_URL`` set, the save also bumps a config
+version in Redis, and every instance reads that version at most every
+CONFIG_VERSION_CHECK_SECONDS (one GET, on the request path but never more
+than twice a second per process), so a change applies everywhere within
+about half a second. Without Redis, other processes pick changes up
 within SLUICE_CONFIG_CACHE_SECONDS.
 """
 
@@ -23,9 +25,15 @@ from django.db import transaction
 
 from gateway.cache import SingleFlightCache
 from gateway.redis import async_client, redis_enabled, sync_client
-from streaming.models import ModelRoute, default_retry_on, default_retry_same_target_on
+from streaming.models import (
+    ModelPrice,
+    ModelRoute,
+    RouteTarget,
+    default_retry_on,
+    default_retry_same_target_on,
+)
 from streaming.observability.logging import warn_throttled
-from streaming.providers.base import UpstreamTarget
+from streaming.providers.base import Price, UpstreamTarget
 
 logger = logging.getLogger("sluice.routes")
 
@@ -138,6 +146,22 @@ def _policy(route: ModelRoute) -> RoutePolicy:
     )
 
 
+def _prices(targets: list[RouteTarget]) -> dict[tuple[int, str], Price]:
+    """The prices of ``targets``, by (provider id, upstream model): one query."""
+    rows = ModelPrice.objects.filter(
+        provider_id__in={t.provider_id for t in targets},
+        model__in={t.upstream_model for t in targets},
+    )
+    return {
+        (p.provider_id, p.model): Price(
+            input_per_mtok=p.input_per_mtok,
+            output_per_mtok=p.output_per_mtok,
+            cached_input_per_mtok=p.cached_input_per_mtok,
+        )
+        for p in rows
+    }
+
+
 def _load_route(model: str) -> ResolvedRoute | None:
     route = (
         ModelRoute.objects.filter(model=model, enabled=True)
@@ -146,6 +170,8 @@ def _load_route(model: str) -> ResolvedRoute | None:
     )
     if route is None:
         return None
+    enabled = [t for t in route.targets.all() if t.provider.enabled]
+    prices = _prices(enabled) if enabled else {}
     targets = tuple(
         TargetChoice(
             upstream=UpstreamTarget(
@@ -155,12 +181,12 @@ def _load_route(model: str) -> ResolvedRoute | None:
                 model=t.upstream_model,
                 api_key=t.provider.resolve_api_key(),
                 params=dict(t.params or {}),
+                price=prices.get((t.provider_id, t.upstream_model)),
             ),
             priority=t.priority,
             weight=t.weight,
         )
-        for t in route.targets.all()
-        if t.provider.enabled
+        for t in enabled
     )
     return ResolvedRoute(model=route.model, targets=targets, policy=_policy(route))
 

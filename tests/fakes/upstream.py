@@ -81,6 +81,9 @@ def script_from_model_name(model: str) -> Script | None:
     script.status = script.status or ECHO_FAULTS.get(script.fault or "")
     if "shape" in options:
         script.shape = options["shape"]
+    for name in ("cached_tokens", "reasoning_tokens"):
+        if name in options:
+            setattr(script, name, int(options[name]))
     return script
 
 
@@ -181,6 +184,8 @@ class FakeUpstream:
         tool_arguments: list[str] | str | None = None,
         finish_reason: str | None = None,
         shape: str | None = None,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
     ) -> None:
         """Script the answer for requests naming ``model``.
 
@@ -199,7 +204,8 @@ class FakeUpstream:
         ``wire.OPENAI_SHAPES`` and ``wire.ANTHROPIC_SHAPES``), or
         ``echo_400``/``echo_422``/``echo_429``/``echo_500`` (that status, its
         body echoing the request headers byte for byte). ``status`` sends
-        that HTTP error status. A tool call is
+        that HTTP error status. ``cached_tokens`` and ``reasoning_tokens`` go
+        in the usage's details (Anthropic: ``cache_read_input_tokens``). A tool call is
         sent after the text when ``tool_name`` is set, its arguments in the
         given fragments.
         """
@@ -226,6 +232,8 @@ class FakeUpstream:
             tool_arguments=list(tool_arguments or []),
             finish_reason=finish_reason,
             shape=shape,
+            cached_tokens=cached_tokens,
+            reasoning_tokens=reasoning_tokens,
         )
 
     def reset(self) -> None:

@@ -39,6 +39,10 @@ class Script:
     tool_arguments: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     shape: str | None = None  # which malformed shape the ``shape`` fault sends
+    # Usage details: prompt tokens served from the cache (part of the prompt's
+    # count), and hidden reasoning tokens (part of the completion's).
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 def split_text(text: str) -> list[str]:
@@ -130,13 +134,29 @@ class OpenAIChunks:
             chunk["usage"] = None
         return b"data: " + _dumps(chunk) + b"\n\n"
 
-    def usage_frame(self, prompt: int, completion: int) -> bytes:
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
+    def usage_frame(self, prompt: int, completion: int, script: Script | None = None) -> bytes:
+        usage = openai_usage(prompt, completion, script)
         return b"data: " + _dumps({**self.base, "choices": [], "usage": usage}) + b"\n\n"
+
+
+def openai_usage(prompt: int, completion: int, script: Script | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; with the script's cached and reasoning tokens in
+    its details, as OpenAI sends them when there are any."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if script is not None and script.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(script.cached_tokens, prompt)}
+    if script is not None and script.reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": script.reasoning_tokens}
+    return usage
+
+
+def completion_tokens(script: Script) -> int:
+    """What the answer counts: its deltas, and the reasoning it did not show."""
+    return len(script.tokens) + len(script.tool_arguments) + script.reasoning_tokens
 
 
 def token_logprobs(token: str, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -171,8 +191,8 @@ def openai_frames(script: Script, body: dict[str, Any]) -> list[Frame]:
     finish = script.finish_reason or ("tool_calls" if script.tool_name else "stop")
     frames.append((chunks.frame({}, finish), False))
     if include_usage:
-        completion = len(script.tokens) + len(script.tool_arguments)
-        frames.append((chunks.usage_frame(prompt_tokens(body), completion), False))
+        usage = chunks.usage_frame(prompt_tokens(body), completion_tokens(script), script)
+        frames.append((usage, False))
     frames.append((b"data: [DONE]\n\n", False))
     return frames
 
@@ -183,7 +203,7 @@ def openai_completion(script: Script, body: dict[str, Any]) -> dict[str, Any]:
     if script.tool_name:
         function = {"name": script.tool_name, "arguments": "".join(script.tool_arguments)}
         message["tool_calls"] = [{"id": "call_fake1", "type": "function", "function": function}]
-    prompt, completion = prompt_tokens(body), len(script.tokens) + len(script.tool_arguments)
+    prompt, completion = prompt_tokens(body), completion_tokens(script)
     finish = script.finish_reason or ("tool_calls" if script.tool_name else "stop")
     return {
         "id": f"chatcmpl-fake{next(_ids)}",
@@ -192,11 +212,7 @@ def openai_completion(script: Script, body: dict[str, Any]) -> dict[str, Any]:
         "model": body.get("model", ""),
         "system_fingerprint": "fp_fake",
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+        "usage": openai_usage(prompt, completion, script),
     }
 
 
@@ -276,7 +292,12 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
 
 
-def _anthropic_head(model: str, body: dict[str, Any]) -> list[Frame]:
+def _anthropic_head(model: str, body: dict[str, Any], script: Script) -> list[Frame]:
+    # Anthropic's input_tokens leave out what was read from the cache.
+    cached = min(script.cached_tokens, prompt_tokens(body))
+    usage = {"input_tokens": prompt_tokens(body) - cached, "output_tokens": 1}
+    if cached:
+        usage |= {"cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
     message: dict[str, Any] = {
         "id": f"msg_fake{next(_ids)}",
         "type": "message",
@@ -285,7 +306,7 @@ def _anthropic_head(model: str, body: dict[str, Any]) -> list[Frame]:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": prompt_tokens(body), "output_tokens": 1},
+        "usage": usage,
     }
     return [(_event("message_start", {"type": "message_start", "message": message}), False)]
 
@@ -302,7 +323,7 @@ def _block(index: int, block: dict[str, Any], deltas: list[dict[str, Any]]) -> l
 
 
 def anthropic_frames(script: Script, body: dict[str, Any]) -> list[Frame]:
-    frames = _anthropic_head(body.get("model", ""), body)
+    frames = _anthropic_head(body.get("model", ""), body, script)
     index = 0
     if script.tokens or not script.tool_name:
         deltas = [{"type": "text_delta", "text": token} for token in script.tokens]
@@ -316,7 +337,7 @@ def anthropic_frames(script: Script, body: dict[str, Any]) -> list[Frame]:
     # Anthropic sends a ping after the first content_block_start, with spaces in its JSON.
     frames.insert(2, (b'event: ping\ndata: {"type": "ping"}\n\n', False))
     stop_reason = script.finish_reason or ("tool_use" if script.tool_name else "end_turn")
-    output = len(script.tokens) + len(script.tool_arguments)
+    output = completion_tokens(script)
     delta = {
         "type": "message_delta",
         "delta": {"stop_reason": stop_reason, "stop_sequence": None},

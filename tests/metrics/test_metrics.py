@@ -281,3 +281,25 @@ def test_scraping_needs_an_allowed_network_or_the_token(django_db_setup):
         assert "process_cpu_seconds_total" in scraped.text
     finally:
         server.stop()
+
+
+def test_tokens_and_cost_are_counted_per_app_and_route(workers, alice, make_route):
+    from streaming.models import ModelPrice, Provider
+
+    model = make_route(("demo", "", "demo"), prefix="priced")
+    provider = Provider.objects.get(targets__route__model=model)
+    ModelPrice.objects.create(
+        provider=provider, model="demo", input_per_mtok=1.0, output_per_mtok=2.0
+    )
+
+    lines = stream_sse(workers.first, alice, model)
+
+    labels = {"app": alice.name, "route": model}
+    after = wait_for(workers.first, lambda s: s.value("sluice_cost_usd_total", **labels) > 0)
+    completion = len(lines) - 3  # the demo's words: minus role chunk, finish chunk, [DONE]
+    # The demo provider counts the prompt's words: "hi".
+    assert after.value("sluice_tokens_total", kind="prompt", **labels) == 1
+    assert after.value("sluice_tokens_total", kind="completion", **labels) == completion
+    assert after.value("sluice_cost_usd_total", **labels) == pytest.approx(
+        (1 + 2 * completion) / 1e6
+    )

@@ -237,6 +237,7 @@ def test_stop_reasons(stop_reason: str, finish_reason: str) -> None:
 
 
 def test_usage_counts_cached_input_as_prompt_tokens() -> None:
+    """Cache writes count as input, cache reads as input and as cached tokens (as OpenAI's)."""
     start = message_start()
     start["message"]["usage"] |= {"cache_read_input_tokens": 100, "cache_creation_input_tokens": 5}
     chunks = translate(start, message_delta("end_turn", 3), {"type": "message_stop"})
@@ -244,6 +245,7 @@ def test_usage_counts_cached_input_as_prompt_tokens() -> None:
         "prompt_tokens": 115,
         "completion_tokens": 3,
         "total_tokens": 118,
+        "prompt_tokens_details": {"cached_tokens": 100},
     }
 
 
