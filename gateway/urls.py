@@ -11,6 +11,7 @@ from django.urls import include, path, re_path
 
 from accounts.api.urls import urlpatterns as accounts_api
 from accounts.views import admin_login, token
+from audit.api.urls import urlpatterns as audit_api
 from streaming.observability.export import metrics_view
 from streaming.pages import eventsource_page, favicon, landing_page
 from streaming.transports.health import healthz, readyz
@@ -29,8 +30,8 @@ def static_file(request: HttpRequest, path: str) -> HttpResponse:
 
 
 # The management API (djangorestframework; REST_FRAMEWORK in settings): each app's
-# routes join here (audit's usage/ next).
-api_v1 = [*accounts_api]
+# routes join here.
+api_v1 = [*accounts_api, *audit_api]
 
 urlpatterns = [
     path("", landing_page, name="landing"),
