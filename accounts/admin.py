@@ -1,4 +1,4 @@
-"""Ops edit an app's policy (scopes, allowed models, on/off) on DOT's Application page.
+"""Ops edit an app's policy (scopes, allowed models, on/off, limits) on DOT's Application page.
 
 What means nothing for client-credentials apps (grants, ID tokens, refresh
 tokens) is kept out of the admin; access tokens stay, so ops can see and
@@ -21,7 +21,7 @@ from oauth2_provider.models import (
 )
 from oauth2_provider.scopes import get_scopes_backend
 
-from accounts.models import AppPolicy
+from accounts.models import LIMIT_FIELDS, AppPolicy
 
 Application = get_application_model()
 
@@ -51,7 +51,7 @@ class AppPolicyForm(forms.ModelForm):
 
     class Meta:
         model = AppPolicy
-        fields = ("enabled", "scopes", "allowed_models")
+        fields = ("enabled", "scopes", "allowed_models", *LIMIT_FIELDS)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
