@@ -1,5 +1,5 @@
-"""Ops edit an app's policy (scopes, allowed models, on/off) on DOT's Application page,
-and see its long-lived tokens there (issued and revoked in accounts.admin_tokens).
+"""Ops edit an app's policy (scopes, allowed models, on/off, limits) on DOT's Application
+page, and see its long-lived tokens there (issued and revoked in accounts.admin_tokens).
 
 What means nothing for client-credentials apps (grants, ID tokens, refresh
 tokens) is kept out of the admin; access tokens stay, so ops can see and
@@ -23,7 +23,7 @@ from oauth2_provider.models import (
 from oauth2_provider.scopes import get_scopes_backend
 
 from accounts.admin_tokens import tokens_of
-from accounts.models import AppPolicy
+from accounts.models import LIMIT_FIELDS, AppPolicy
 
 Application = get_application_model()
 
@@ -53,7 +53,7 @@ class AppPolicyForm(forms.ModelForm):
 
     class Meta:
         model = AppPolicy
-        fields = ("enabled", "scopes", "allowed_models")
+        fields = ("enabled", "scopes", "allowed_models", *LIMIT_FIELDS)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

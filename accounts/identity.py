@@ -31,6 +31,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from oauth2_provider.models import get_access_token_model, get_application_model
 
+from accounts.limits import NO_LIMITS, Limits
 from accounts.models import NEVER_EXPIRES, AppPolicy
 from accounts.tokens import app_token_touch
 from gateway.cache import SingleFlightCache
@@ -54,6 +55,7 @@ class AppIdentity:
     # The staff user acting through the admin playground; None for an app's own token.
     staff_user_id: int | None = None
     staff_username: str = ""
+    limits: Limits = NO_LIMITS  # from the app's policy: admission needs no query
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -172,6 +174,7 @@ def _identity(
         scopes=scopes,
         allowed_models=frozenset(policy.allowed_models) or None,
         expires_at=expires,
+        limits=Limits.of_policy(policy),
     )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 from oauth2_provider.scopes import get_scopes_backend
@@ -30,11 +32,37 @@ def validate_scope_list(value: Any) -> None:
         raise ValidationError(f"Unknown scope(s): {', '.join(sorted(unknown))}.")
 
 
+def _limit(field: type[models.Field], help_text: str, **kwargs: Any) -> Any:
+    """A limit: empty means none, a value must be positive."""
+    return field(null=True, blank=True, help_text=help_text, **kwargs)
+
+
+AT_LEAST_ONE = [MinValueValidator(1)]
+
+
+class MaxTokensMode(models.TextChoices):
+    CLAMP = "clamp", "clamp: lower the request's max tokens to the ceiling"
+    REFUSE = "refuse", "refuse: answer 400 when a request asks for more"
+
+
+# The policy's limits, as the admin, config as code and the REST API edit them.
+LIMIT_FIELDS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "concurrent_streams",
+    "max_tokens",
+    "max_tokens_mode",
+    "monthly_tokens",
+    "monthly_cost_usd",
+)
+
+
 class AppPolicy(models.Model):
-    """What one OAuth2 application may do: its scopes and the models it may call.
+    """What one OAuth2 application may do: its scopes, the models it may call
+    and its limits (each empty: no limit; see accounts.limits).
 
     An application without a policy row behaves as ``AppPolicy.default_for(app)``:
-    enabled, ``chat`` scope only, every model.
+    enabled, ``chat`` scope only, every model, no limits of its own.
     """
 
     application = models.OneToOneField(
@@ -53,6 +81,46 @@ class AppPolicy(models.Model):
     )
     enabled = models.BooleanField(
         default=True, help_text="A disabled app gets no tokens and its tokens stop working."
+    )
+    requests_per_minute = _limit(
+        models.PositiveIntegerField,
+        "Requests admitted per minute (a fixed window). Empty: no limit.",
+        validators=AT_LEAST_ONE,
+    )
+    tokens_per_minute = _limit(
+        models.PositiveBigIntegerField,
+        "Prompt plus completion tokens per minute (reserved at admission as an "
+        "estimate, settled with the real usage). Empty: no limit.",
+        validators=AT_LEAST_ONE,
+    )
+    concurrent_streams = _limit(
+        models.PositiveIntegerField,
+        "Requests running at once. Empty: the gateway's default share "
+        "(SLUICE_APP_MAX_CONCURRENT_STREAMS).",
+        validators=AT_LEAST_ONE,
+    )
+    max_tokens = _limit(
+        models.PositiveIntegerField,
+        "The most output tokens one request may ask for. Empty: no ceiling.",
+        validators=AT_LEAST_ONE,
+    )
+    max_tokens_mode = models.CharField(
+        max_length=8,
+        choices=MaxTokensMode.choices,
+        default=MaxTokensMode.CLAMP,
+        help_text="What a request over the max tokens ceiling gets.",
+    )
+    monthly_tokens = _limit(
+        models.PositiveBigIntegerField,
+        "Tokens per calendar month (UTC). Empty: no budget.",
+        validators=AT_LEAST_ONE,
+    )
+    monthly_cost_usd = _limit(
+        models.DecimalField,
+        "USD per calendar month (UTC), at the route targets' prices. Empty: no budget.",
+        max_digits=12,
+        decimal_places=2,
+        validators=[MinValueValidator(Decimal("0.01"))],
     )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)

@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-Purpose = Literal["default", "blocking"]
+Purpose = Literal["default", "blocking", "limits"]
 
 # The longest a blocking read (XREAD BLOCK) waits when there is no keep-alive to send.
 FOLLOW_BLOCK_SECONDS = 5.0
@@ -45,6 +45,8 @@ def async_client(purpose: Purpose = "default") -> aioredis.Redis:
     longer than the retries broke its response. Blocking reads get a read
     timeout past the longest block; other commands keep the 5 s default.
     A blocking read holds its connection for the whole wait, hence the big pool.
+    'limits' (admission, accounts.limiter) waits for a free connection instead
+    of failing: a burst of requests must queue for the check, not skip it.
     """
     url = settings.REDIS_URL
     key = (asyncio.get_running_loop(), purpose, url)
@@ -53,6 +55,9 @@ def async_client(purpose: Purpose = "default") -> aioredis.Redis:
         if purpose == "blocking":
             timeout = max(settings.SLUICE_SSE_KEEPALIVE_SECONDS, FOLLOW_BLOCK_SECONDS) + 5.0
             client = aioredis.Redis.from_url(url, max_connections=1000, socket_timeout=timeout)
+        elif purpose == "limits":
+            pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=50, timeout=5)
+            client = aioredis.Redis(connection_pool=pool)
         else:
             client = aioredis.Redis.from_url(url, max_connections=50)
         _async_clients[key] = client

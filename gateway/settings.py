@@ -192,6 +192,14 @@ SLUICE_UPSTREAM_CONNECT_TIMEOUT = envfloat("SLUICE_UPSTREAM_CONNECT_TIMEOUT", 10
 SLUICE_UPSTREAM_MAX_CONNECTIONS = envint("SLUICE_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
 SLUICE_BREAKER_FAILURES = envint("SLUICE_BREAKER_FAILURES", 5, minimum=1)
 SLUICE_BREAKER_COOLDOWN_SECONDS = envfloat("SLUICE_BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.1)
+# Limits: an app without a concurrent_streams limit of its own may run this many
+# requests at once (its fair share of the upstream pool; 0: no default share).
+SLUICE_APP_MAX_CONCURRENT_STREAMS = envint(
+    "SLUICE_APP_MAX_CONCURRENT_STREAMS", max(1, SLUICE_UPSTREAM_MAX_CONNECTIONS // 4), minimum=0
+)
+# The output tokens a request is assumed to produce, for admission's token
+# estimate, when it names no max tokens and its app has no ceiling.
+SLUICE_LIMIT_DEFAULT_MAX_TOKENS = envint("SLUICE_LIMIT_DEFAULT_MAX_TOKENS", 1024, minimum=1)
 SLUICE_DEMO_TOKEN_DELAY = envfloat("SLUICE_DEMO_TOKEN_DELAY", 0.03, minimum=0)
 # Metrics
 SLUICE_METRICS_TOKEN = envstr("SLUICE_METRICS_TOKEN")

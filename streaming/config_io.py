@@ -1,4 +1,4 @@
-"""Configuration as code: import and export providers, routes and prices.
+"""Configuration as code: import and export providers, routes, prices and apps' policies.
 
 The file format (YAML or JSON)::
 
@@ -15,11 +15,18 @@ The file format (YAML or JSON)::
     prices:                             # USD per million tokens, per provider model
       - {provider: local-vllm, model: "meta-llama/Llama-3.1-8B-Instruct",
          input_per_mtok: 0.15, cached_input_per_mtok: 0.075, output_per_mtok: 0.60}
+    apps:                               # an app's policy, by name
+      - name: acme                      # an unknown name creates the app, without credentials
+        models: [chat-default]          # allowed models (empty or missing: every model)
+        limits: {requests_per_minute: 60, tokens_per_minute: 100000,
+                 concurrent_streams: 10, max_tokens: 4096, max_tokens_mode: clamp,
+                 monthly_tokens: 5000000, monthly_cost_usd: 200}
 
 Keys are only ever referenced by environment variable name; export never
 includes a secret. Import is idempotent: it updates by name, and a route's
-targets are replaced by the file's list, and a price is updated by provider and
-model. What the file leaves out is kept.
+targets are replaced by the file's list, a price is updated by provider and
+model, and an app's limits are the file's (a missing limit means none). What
+the file leaves out is kept.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from accounts.models import LIMIT_FIELDS, AppPolicy, MaxTokensMode
+from accounts.services import app_ensure
 from streaming.models import ModelPrice, ModelRoute, Provider, RouteTarget
 
 PROVIDER_FIELDS = ("kind", "base_url", "internal_endpoint", "api_key_env", "enabled")
@@ -58,7 +67,7 @@ def _require(item: dict[str, Any], key: str, where: str) -> Any:
 
 
 def _apply(
-    obj: Provider | ModelRoute | ModelPrice,
+    obj: Provider | ModelRoute | ModelPrice | AppPolicy,
     item: dict[str, Any],
     fields: tuple[str, ...],
     where: str,
@@ -131,12 +140,46 @@ def _import_price(item: dict[str, Any], where: str) -> str:
     return "created" if created else "updated"
 
 
+def _import_app(item: dict[str, Any], where: str) -> str:
+    name = _require(item, "name", where)
+    unknown = set(item) - {"name", "models", "limits"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
+    limits = item.get("limits") or {}
+    if not isinstance(limits, dict) or set(limits) - set(LIMIT_FIELDS):
+        raise ConfigError(f"{where}.limits: unknown limit(s), expected some of {LIMIT_FIELDS}")
+    app, secret = app_ensure(name=name, scopes=["chat"])  # the secret is never shown: none
+    policy = AppPolicy.of(app)
+    values = {field: limits.get(field) for field in LIMIT_FIELDS}
+    values["max_tokens_mode"] = limits.get("max_tokens_mode") or MaxTokensMode.CLAMP
+    values["allowed_models"] = item.get("models") or []
+    _apply(policy, values, (*LIMIT_FIELDS, "allowed_models"), where)
+    return "updated" if secret is None else "created"
+
+
+def _export_app(policy: AppPolicy) -> dict[str, Any]:
+    limits: dict[str, Any] = {}
+    for field in LIMIT_FIELDS:
+        value = getattr(policy, field)
+        if field == "max_tokens_mode" and value == MaxTokensMode.CLAMP:
+            continue  # the default, unless a ceiling is set (below)
+        if value is not None:
+            limits[field] = float(value) if field == "monthly_cost_usd" else value
+    if policy.max_tokens is not None:
+        limits["max_tokens_mode"] = policy.max_tokens_mode
+    return {
+        "name": policy.application.name,
+        "models": list(policy.allowed_models),
+        "limits": limits,
+    }
+
+
 @transaction.atomic
 def config_import(data: Any) -> dict[str, int]:
     """Apply a configuration document; all or nothing."""
     if not isinstance(data, dict):
         raise ConfigError(
-            "the document must be a mapping with 'providers', 'routes' and/or 'prices'"
+            "the document must be a mapping with 'providers', 'routes', 'prices' and/or 'apps'"
         )
     counts = {"created": 0, "updated": 0}
     for i, item in enumerate(data.get("providers") or []):
@@ -145,6 +188,8 @@ def config_import(data: Any) -> dict[str, int]:
         counts[_import_route(item, f"routes[{i}]")] += 1
     for i, item in enumerate(data.get("prices") or []):
         counts[_import_price(item, f"prices[{i}]")] += 1
+    for i, item in enumerate(data.get("apps") or []):
+        counts[_import_app(item, f"apps[{i}]")] += 1
     return counts
 
 
@@ -176,4 +221,6 @@ def config_export() -> dict[str, Any]:
         {"provider": p.provider.name, "model": p.model, **{f: getattr(p, f) for f in PRICE_FIELDS}}
         for p in ModelPrice.objects.select_related("provider").order_by("provider__name", "model")
     ]
-    return {"providers": providers, "routes": routes, "prices": prices}
+    policies = AppPolicy.objects.select_related("application").order_by("application__name")
+    apps = [_export_app(policy) for policy in policies]
+    return {"providers": providers, "routes": routes, "prices": prices, "apps": apps}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from accounts.models import AppPolicy, AppToken, validate_name_list
+from accounts.models import LIMIT_FIELDS, AppPolicy, AppToken, validate_name_list
 from accounts.tokens import parse_expiry, validate_token_scopes
 
 
@@ -28,8 +30,37 @@ class AppSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AppPolicy
-        fields = ("name", "client_id", "enabled", "scopes", "models", "created", "updated")
+        fields = (
+            "name",
+            "client_id",
+            "enabled",
+            "scopes",
+            "models",
+            *LIMIT_FIELDS,
+            "created",
+            "updated",
+        )
         read_only_fields = ("created", "updated")
+
+    # The limits travel as one object, as in config as code (``limits: {...}``);
+    # a write may also give them at the top level.
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        limits = {field: data.pop(field) for field in LIMIT_FIELDS}
+        if limits["monthly_cost_usd"] is not None:
+            limits["monthly_cost_usd"] = float(limits["monthly_cost_usd"])
+        data["limits"] = limits
+        return data
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict) and "limits" in data:
+            limits = data["limits"]
+            if not isinstance(limits, dict) or set(limits) - set(LIMIT_FIELDS):
+                raise serializers.ValidationError(
+                    {"limits": [f"an object with some of {', '.join(LIMIT_FIELDS)}"]}
+                )
+            data = {**{k: v for k, v in data.items() if k != "limits"}, **limits}
+        return super().to_internal_value(data)
 
 
 class AppTokenSerializer(serializers.ModelSerializer):

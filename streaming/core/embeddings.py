@@ -15,6 +15,7 @@ import time
 from accounts.identity import AppIdentity
 from audit.records import AuditEntry
 from audit.writer import audit_submit
+from streaming.core.admission import Admission
 from streaming.core.events import Failure
 from streaming.core.outcome import record_failure, served_headers
 from streaming.observability import metrics
@@ -36,8 +37,10 @@ class EmbeddingCall:
         request: EmbeddingRequest,
         route: ResolvedRoute,
         client_ip: str | None,
+        admission: Admission | None = None,
     ) -> None:
         self.id = "embd-" + secrets.token_hex(12)
+        self.admission = admission  # settled when the call ends
         self.request = request
         self.route = route
         self.failure: Failure | None = None
@@ -65,8 +68,10 @@ class EmbeddingCall:
         return self.audit.app_name
 
     def served_headers(self) -> dict[str, str]:
-        """``X-Sluice-Request-Id`` and the headers that say which target answered."""
-        return {"X-Sluice-Request-Id": self.id, **served_headers(self.audit)}
+        """``X-Sluice-Request-Id``, the headers that say which target answered,
+        and what is left of the app's limits."""
+        limits = self.admission.headers() if self.admission is not None else {}
+        return {"X-Sluice-Request-Id": self.id, **served_headers(self.audit), **limits}
 
     async def run(self) -> Embeddings | None:
         """The embeddings, or None with ``failure`` set; a cancel (the client left) is
@@ -105,6 +110,8 @@ class EmbeddingCall:
             if answered is not None and audit.outcome == "completed":
                 audit.ttft_ms = (answered - audit.started_at) * 1000
         audit_submit(audit)
+        if self.admission is not None:
+            self.admission.settle(audit)
         metrics.embedding_ended(self, inputs)
         logger.info("embeddings end", extra={"fields": _end_fields(audit, inputs)})
 

@@ -25,6 +25,7 @@ from accounts.identity import AppIdentity
 from audit.records import AttemptEntry, AuditEntry
 from audit.writer import audit_submit
 from streaming.core import finished, redis_log
+from streaming.core.admission import Admission
 from streaming.core.events import (
     CHAT,
     END,
@@ -69,8 +70,11 @@ class StreamSession:
         inbound: Inbound = CHAT,
         id_prefix: str = "chatcmpl-",
         background: bool = False,
+        admission: Admission | None = None,
     ) -> None:
         self.id = new_stream_id(id_prefix)
+        # What the app's limits reserved for it; settled when it ends, however it ends.
+        self.admission = admission
         self.inbound = inbound
         # A background generation runs to its end with no reader (OpenAI's
         # ``background: true``): it is never abandoned.
@@ -231,9 +235,14 @@ class StreamSession:
         for kind, payload in events_of(body, usage=self.request.include_usage):
             log.append(kind, payload)
 
+    def limit_headers(self) -> dict[str, str]:
+        """The app's ``x-ratelimit-*`` headers, as of the stream's admission."""
+        return self.admission.headers() if self.admission is not None else {}
+
     def served_headers(self) -> dict[str, str]:
-        """Response headers that say which target answered, and how it came to."""
-        return {"X-Sluice-Stream-Id": self.id, **served_headers(self.audit)}
+        """Response headers that say which target answered, and how it came to,
+        and what is left of the app's limits."""
+        return {"X-Sluice-Stream-Id": self.id, **served_headers(self.audit), **self.limit_headers()}
 
     def _fail(self, failure: Failure) -> None:
         self.failure = failure
@@ -308,6 +317,8 @@ class StreamSession:
             audit.provider = audit.attempts[-1].provider
             audit.upstream_model = audit.attempts[-1].upstream_model
         audit_submit(audit)
+        if self.admission is not None:
+            self.admission.settle(audit)
         metrics.stream_ended(self)
         logger.info("stream end", extra={"fields": stream_end_fields(self)})
         # From now on, what resume needs is kept, not the whole session.

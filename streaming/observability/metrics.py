@@ -152,6 +152,17 @@ EMBEDDING_TOKENS = Counter(
     ["route", "provider", "app"],
 )
 
+LIMIT_REJECTIONS = Counter(
+    "sluice_limit_rejections",
+    "Requests refused by their app's limits (429), by the limit reached.",
+    ["app", "limit"],
+)
+
+
+def limit_rejected(app: str, limit: str) -> None:
+    """A request of ``app`` refused by ``limit`` (a policy field's name)."""
+    child(LIMIT_REJECTIONS, app, limit).inc()
+
 
 _children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 

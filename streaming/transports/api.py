@@ -28,6 +28,7 @@ from streaming.transports.encoders.chat import ChatChunks, ChatEventSource, Chat
 from streaming.transports.encoders.text import PlainText
 from streaming.transports.errors import ApiError
 from streaming.transports.http import ApiRequest, JsonResponse, StreamResponse, wait_disconnect
+from streaming.transports.limits import admit_chat
 from streaming.transports.schema import parse_chat_request, parse_json_body
 from streaming.transports.streams import check_cursor, find_stream, request_cancel
 
@@ -75,6 +76,8 @@ async def _start(
     background: bool = False,
 ) -> StreamSession:
     route = await _route_for(identity, chat.model)
+    # The one place every HTTP protocol's generation is admitted (WebSocket: its consumer).
+    admission = await admit_chat(identity, chat, route)
     session = StreamSession(
         identity=identity,
         request=chat,
@@ -84,6 +87,7 @@ async def _start(
         inbound=inbound,
         id_prefix=id_prefix,
         background=background,
+        admission=admission,
     )
     session.start()
     return session
@@ -122,6 +126,7 @@ def _stream_response(
     resumed: bool,
     identity: AppIdentity,
     browser: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> StreamResponse:
     """The response that reads ``handle`` from ``cursor`` in the transport asked for;
     it ends early, with the encoder's farewell, if ``identity`` is revoked."""
@@ -135,12 +140,17 @@ def _stream_response(
         keepalive=settings.SLUICE_SSE_KEEPALIVE_SECONDS if transport == "sse" else None,
         observers=[metrics.ReaderTracker(transport, handle, cursor, resumed=resumed)],
     )
-    headers = {"X-Sluice-Stream-Id": handle.id}
+    headers = {"X-Sluice-Stream-Id": handle.id, **(headers or {})}
     return StreamResponse(reader, CONTENT_TYPES[transport], headers=headers, identity=identity)
 
 
 def _event_stream(
-    handle: StreamHandle, request: ApiRequest, encoder: Encoder[bytes], *, identity: AppIdentity
+    handle: StreamHandle,
+    request: ApiRequest,
+    encoder: Encoder[bytes],
+    *,
+    identity: AppIdentity,
+    headers: dict[str, str] | None = None,
 ) -> StreamResponse:
     """Server-Sent Events of a protocol whose encoder numbers its own events
     (Responses, Messages): its reader replays the log from the start and the
@@ -155,7 +165,7 @@ def _event_stream(
         keepalive=settings.SLUICE_SSE_KEEPALIVE_SECONDS,
         observers=[metrics.ReaderTracker("sse", handle, 0, resumed=resumed)],
     )
-    headers = {"X-Sluice-Stream-Id": handle.id}
+    headers = {"X-Sluice-Stream-Id": handle.id, **(headers or {})}
     return StreamResponse(reader, CONTENT_TYPES["sse"], headers=headers, identity=identity)
 
 
@@ -217,7 +227,9 @@ async def chat_completions(request: ApiRequest) -> JsonResponse | StreamResponse
     if not chat.stream:
         return await _complete(request, identity, chat)
     session = await _start(request, identity, chat, transport_of(request))
-    response = _stream_response(session, request, 0, resumed=False, identity=identity)
+    response = _stream_response(
+        session, request, 0, resumed=False, identity=identity, headers=session.limit_headers()
+    )
     _hold_first_event(response, session)
     return response
 
@@ -272,7 +284,11 @@ async def create_stream(request: ApiRequest) -> JsonResponse:
             "ticket": ticket,
         },
         status=201,
-        headers={"Location": f"/v1/streams/{session.id}", "X-Sluice-Stream-Id": session.id},
+        headers={
+            "Location": f"/v1/streams/{session.id}",
+            "X-Sluice-Stream-Id": session.id,
+            **session.limit_headers(),
+        },
     )
 
 
@@ -334,7 +350,15 @@ async def chat_stream_get(request: ApiRequest) -> JsonResponse | StreamResponse:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True}
     chat = parse_chat_request(body)
     session = await _start(request, identity, chat, transport_of(request))
-    return _stream_response(session, request, 0, resumed=False, identity=identity, browser=True)
+    return _stream_response(
+        session,
+        request,
+        0,
+        resumed=False,
+        identity=identity,
+        browser=True,
+        headers=session.limit_headers(),
+    )
 
 
 async def create_ticket(request: ApiRequest) -> JsonResponse:

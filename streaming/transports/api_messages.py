@@ -47,7 +47,9 @@ async def create_message(request: ApiRequest) -> JsonResponse | StreamResponse:
     )
     if parsed.stream:
         encoder = MessagesEncoder(session.id, parsed.echo)
-        response = _event_stream(session, request, encoder, identity=identity)
+        response = _event_stream(
+            session, request, encoder, identity=identity, headers=session.limit_headers()
+        )
         _hold_first_event(response, session, anthropic_error)
         return response
     await _wait_or_cancel(session, request, asyncio.ensure_future(session.wait_finished()))

@@ -56,14 +56,17 @@ async def create_response(request: ApiRequest) -> JsonResponse | StreamResponse:
     )
     if parsed.stream:
         encoder = ResponsesEncoder(session.id, session.created, parsed.echo)
-        response = _event_stream(session, request, encoder, identity=identity)
+        response = _event_stream(
+            session, request, encoder, identity=identity, headers=session.limit_headers()
+        )
         if not parsed.background:
             # As OpenAI does: a failure before any output is an HTTP error.
             # A background response is already accepted: its failure is an event.
             _hold_first_event(response, session)
         return response
     if parsed.background:
-        return JsonResponse(await _snapshot(session), headers={"X-Sluice-Stream-Id": session.id})
+        headers = {"X-Sluice-Stream-Id": session.id, **session.limit_headers()}
+        return JsonResponse(await _snapshot(session), headers=headers)
     await _wait_or_cancel(session, request, asyncio.ensure_future(session.wait_finished()))
     body = await _snapshot(session)
     if session.failure is not None and not body["output"]:

@@ -20,6 +20,7 @@ from streaming.transports.consumer import endpoint
 from streaming.transports.embeddings_schema import parse_embeddings_request
 from streaming.transports.errors import ApiError
 from streaming.transports.http import ApiRequest, JsonResponse, wait_disconnect
+from streaming.transports.limits import admit_embeddings
 from streaming.transports.schema import parse_json_body
 
 T = TypeVar("T")
@@ -36,10 +37,18 @@ async def create_embeddings(request: ApiRequest) -> JsonResponse:
             code="model_not_supported",
             param="model",
         )
+    admission = await admit_embeddings(identity, embedding, route)
     call = EmbeddingCall(
-        identity=identity, request=embedding, route=route, client_ip=request.client_ip
+        identity=identity,
+        request=embedding,
+        route=route,
+        client_ip=request.client_ip,
+        admission=admission,
     )
-    result = await _unless_gone(request, call.run())
+    try:
+        result = await _unless_gone(request, call.run())
+    finally:
+        admission.settle(call.audit)  # a call cancelled before it ran never ended (once)
     if result is None:
         assert call.failure is not None  # run() sets it when there is no answer
         failure = call.failure

@@ -18,6 +18,7 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        type: str = "",
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -25,9 +26,10 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+        self.type = type  # empty: the status's usual type
 
     def failure(self) -> Failure:
-        return Failure(self.status, self.message, code=self.code, param=self.param)
+        return Failure(self.status, self.message, code=self.code, type=self.type, param=self.param)
 
     def body(self) -> dict[str, Any]:
         return self.failure().openai_error()

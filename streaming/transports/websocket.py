@@ -35,6 +35,7 @@ from streaming.observability.logging import bind, request_id
 from streaming.routing.routes import resolve_route
 from streaming.transports.encoders.chat import ChatChunks, ChatWebSocket
 from streaming.transports.errors import ApiError
+from streaming.transports.limits import admit_chat
 from streaming.transports.schema import check_depth, parse_chat_request
 from streaming.transports.streams import check_cursor, find_stream, request_cancel
 
@@ -195,12 +196,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
         if self.ended:
             return  # revoked while the route was looked up
+        admission = await admit_chat(self.identity, chat, route)
         session = StreamSession(
             identity=self.identity,
             request=chat,
             route=route,
             protocol="ws",
             client_ip=self.client_ip,
+            admission=admission,
         )
         session.start()
         created = {
@@ -208,6 +211,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
             "request_id": message.get("request_id"),
             "stream_id": session.id,
         }
+        limits = session.limit_headers()
+        if limits:  # the x-ratelimit-* values an HTTP response would carry
+            created["ratelimit"] = limits
         await self.send(text_data=orjson.dumps(created).decode())
         self._follow(session, 0, resumed=False)
 
@@ -286,6 +292,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             "status": error.status,
             **error.body(),
         }
+        if "retry-after-ms" in error.headers:  # a limit: seconds until it frees, as Retry-After
+            payload["retry_after"] = int(error.headers["retry-after-ms"]) / 1000
         await self.send(text_data=orjson.dumps(payload).decode())
 
 

@@ -74,6 +74,7 @@ def test_saving_the_checkboxes_saves_the_policy(ops):
         "policy-0-enabled": "on",
         "policy-0-scopes": ["chat", "admin"],
         "policy-0-allowed_models": ["chat-small"],
+        "policy-0-max_tokens_mode": "clamp",
     }
 
     response = ops.post(url, form)
@@ -81,6 +82,23 @@ def test_saving_the_checkboxes_saves_the_policy(ops):
     assert response.status_code == 302, response.content.decode()[:2000]
     policy.refresh_from_db()
     assert policy.scopes == ["chat", "admin"] and policy.allowed_models == ["chat-small"]
+    assert policy.requests_per_minute is None  # no limit
+
+    limits = {"policy-0-requests_per_minute": "60", "policy-0-monthly_cost_usd": "200.50"}
+    limits |= {"policy-0-max_tokens": "4096", "policy-0-max_tokens_mode": "refuse"}
+    assert ops.post(url, form | limits).status_code == 302
+    policy.refresh_from_db()
+    assert (policy.requests_per_minute, policy.max_tokens, policy.max_tokens_mode) == (
+        60,
+        4096,
+        "refuse",
+    )
+    assert str(policy.monthly_cost_usd) == "200.50"
+
+    for field, bad in [("tokens_per_minute", "0"), ("monthly_cost_usd", "-1")]:
+        page = ops.post(url, form | {f"policy-0-{field}": bad})
+        assert page.status_code == 200  # the form again, with the error
+        assert "Ensure this value is greater than or equal to" in page.content.decode()
 
 
 def test_oauth2_models_that_mean_nothing_for_client_credentials_are_out_of_sight(ops):

@@ -116,3 +116,27 @@ def test_a_long_lived_admin_token_calls_the_api(api, gateway):
     )
 
     assert response.status_code == 200
+
+
+def test_limits_are_part_of_the_policy(api):
+    created = api.post(
+        "/apps/",
+        json={"name": "metered", "limits": {"requests_per_minute": 60, "monthly_cost_usd": 200}},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["limits"]["requests_per_minute"] == 60
+    assert created.json()["limits"]["monthly_cost_usd"] == 200.0
+    assert created.json()["limits"]["tokens_per_minute"] is None  # no limit
+
+    patched = api.patch(
+        "/apps/metered/", json={"limits": {"tokens_per_minute": 100000, "max_tokens": 4096}}
+    )
+    assert patched.status_code == 200, patched.text
+    limits = api.get("/apps/metered/").json()["limits"]
+    assert (limits["requests_per_minute"], limits["tokens_per_minute"]) == (60, 100000)
+    assert limits["max_tokens"] == 4096 and limits["max_tokens_mode"] == "clamp"
+
+    negative = api.patch("/apps/metered/", json={"limits": {"concurrent_streams": -1}})
+    unknown = api.patch("/apps/metered/", json={"limits": {"speed": 3}})
+    assert negative.status_code == 400 and "concurrent_streams" in negative.json()
+    assert unknown.status_code == 400 and "limits" in unknown.json()

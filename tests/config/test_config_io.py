@@ -140,3 +140,62 @@ def test_a_bad_setting_value_is_a_clear_error(tmp_path):
     result = manage_check(env)
     assert result.returncode != 0
     assert "SLUICE_STREAM_TTL_SECONDS must be an integer" in result.stderr
+
+
+APPS = """
+apps:
+  - name: acme
+    models: [chat-default]
+    limits: {requests_per_minute: 60, tokens_per_minute: 100000, concurrent_streams: 10,
+             max_tokens: 4096, monthly_tokens: 5000000, monthly_cost_usd: 200}
+  - name: tiny
+"""
+
+
+@pytest.mark.django_db
+def test_apps_limits_import_create_the_app_and_export_back(tmp_path):
+    from accounts.models import AppPolicy
+
+    (tmp_path / "apps.yaml").write_text(APPS)
+    call_command("sluice_config", "import", str(tmp_path / "apps.yaml"), stdout=StringIO())
+    acme = AppPolicy.objects.get(application__name="acme")
+    tiny = AppPolicy.objects.get(application__name="tiny")
+
+    assert acme.allowed_models == ["chat-default"]
+    assert (acme.requests_per_minute, acme.concurrent_streams, acme.max_tokens) == (60, 10, 4096)
+    assert acme.max_tokens_mode == "clamp" and float(acme.monthly_cost_usd) == 200.0
+    assert tiny.requests_per_minute is None and tiny.allowed_models == []
+    assert acme.application.accesstoken_set.count() == 0  # created without credentials
+    exported = {app["name"]: app for app in yaml.safe_load(export())["apps"]}
+    assert exported["acme"]["limits"] == {
+        "requests_per_minute": 60,
+        "tokens_per_minute": 100000,
+        "concurrent_streams": 10,
+        "max_tokens": 4096,
+        "max_tokens_mode": "clamp",
+        "monthly_tokens": 5000000,
+        "monthly_cost_usd": 200.0,
+    }
+    assert exported["tiny"] == {"name": "tiny", "models": [], "limits": {}}
+
+    # A limit left out of the file is no limit any more.
+    (tmp_path / "apps.yaml").write_text("apps: [{name: acme, limits: {monthly_tokens: 10}}]")
+    call_command("sluice_config", "import", str(tmp_path / "apps.yaml"), stdout=StringIO())
+    acme.refresh_from_db()
+    assert acme.monthly_tokens == 10 and acme.requests_per_minute is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ("{requests_per_minute: 0}", "greater than or equal to 1"),
+        ("{monthly_cost_usd: -5}", "greater than or equal to 0.01"),
+        ("{max_tokens_mode: maybe}", "not a valid choice"),
+        ("{rpm: 5}", "unknown limit"),
+    ],
+)
+def test_bad_app_limits_are_refused_like_the_admin_refuses_them(tmp_path, limits, message):
+    (tmp_path / "apps.yaml").write_text(f"apps: [{{name: acme, limits: {limits}}}]")
+    with pytest.raises(CommandError, match=message):
+        call_command("sluice_config", "import", str(tmp_path / "apps.yaml"), stdout=StringIO())

@@ -14,7 +14,10 @@ from streaming.config_io import ConfigError, config_export, config_import
 
 
 class Command(BaseCommand):
-    help = "Import or export providers, routes and prices (YAML or JSON). Never exports secrets."
+    help = (
+        "Import or export providers, routes, prices and apps' policies (YAML or JSON). "
+        "Never exports secrets."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
