@@ -82,10 +82,12 @@ def limits(bench: Bench) -> list[Row]:
         for leg in (free_leg, limited_leg):
             run_load(Spec(legs=[leg], concurrency=4, requests=40))
         warm_up(bench, gateway, "sequential")
+        # Each app's request follows a direct one, so neither starts while the
+        # gateway is still ending the other's (settling, auditing).
         spec = Spec(
-            legs=[legs[0], free_leg, limited_leg],
+            legs=[legs[0], free_leg, legs[0], limited_leg],
             concurrency=1,
-            requests=3 * bench.sizes.sequential_requests,
+            requests=4 * bench.sizes.sequential_requests,
             interleave=True,
             expect_tokens=10,
         )
@@ -138,30 +140,32 @@ def noisy(bench: Bench) -> list[Row]:
             expect_tokens=10,
         )
         (quiet,) = run_load(spec)
-        noise = subprocess.Popen(
-            [sys.executable, "-m", "bench.load"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-        )
-        assert noise.stdin is not None
-        noise.stdin.write(
-            spec_to_json(
-                Spec(
-                    legs=[a_leg],
-                    concurrency=streams,
-                    requests=streams,
-                    ramp_seconds=min(2.0, streams / 500),
+        # App A's load runs beside app B's second run: its results go to files
+        # (a pipe would fill up and stall it before it ends).
+        out_file = bench.workspace.root / "noisy.json"
+        err_file = bench.workspace.root / "noisy.err"
+        with out_file.open("wb") as out, err_file.open("wb") as err:
+            noise = subprocess.Popen(
+                [sys.executable, "-m", "bench.load"],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                cwd=ROOT,
+            )
+            assert noise.stdin is not None
+            ramp = min(2.0, streams / 500)
+            noise.stdin.write(
+                spec_to_json(
+                    Spec(legs=[a_leg], concurrency=streams, requests=streams, ramp_seconds=ramp)
                 )
             )
-        )
-        noise.stdin.close()
-        time.sleep(min(2.0, streams / 500) + 1.0)  # every noisy stream open (or refused)
-        (loud,) = run_load(spec)
-        out, err = noise.communicate(timeout=300)
+            noise.stdin.close()
+            time.sleep(ramp + 1.0)  # every noisy stream open (or refused)
+            (loud,) = run_load(spec)
+            noise.wait(timeout=300)
     if noise.returncode != 0:
-        raise RuntimeError(f"noisy load failed:\n{err.decode()[-3000:]}")
+        raise RuntimeError(f"noisy load failed:\n{err_file.read_text()[-3000:]}")
+    out = out_file.read_bytes()
     noisy_records = orjson.loads(out)["runs"][0]["records"]
     refused = sum(1 for r in noisy_records if (r["error"] or "").startswith("HTTP 429"))
     served = sum(1 for r in noisy_records if r["error"] is None)

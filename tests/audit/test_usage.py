@@ -126,10 +126,11 @@ def test_the_spend_page_shows_tables_a_chart_and_budgets(admin_client, trail):
     assert one.count('class="spend-bar"') == 30 and "alice-notes</td>" not in one
 
 
-def test_the_spend_page_shows_what_is_left_of_a_budget(admin_client, trail, monkeypatch):
-    app_create(name="alice-notes", scopes=["chat"])
-    monkeypatch.setattr(AppPolicy, "monthly_tokens", 1000, raising=False)
-    monkeypatch.setattr(AppPolicy, "monthly_cost_usd", 1.0, raising=False)
+def test_the_spend_page_shows_what_is_left_of_a_budget(admin_client, trail):
+    app, _ = app_create(name="alice-notes", scopes=["chat"])
+    policy = AppPolicy.of(app)
+    policy.monthly_tokens, policy.monthly_cost_usd = 1000, Decimal("1.0")
+    policy.save()
 
     page = admin_client.get("/admin/sluice/spend/?app=alice-notes").content.decode()
 

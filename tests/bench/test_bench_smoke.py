@@ -28,6 +28,8 @@ SCENARIOS = [
     "(NDJSON)",
     "(WebSocket)",
     "open streams",
+    "limits checked",
+    "noisy neighbour",
     "stalled reader",
     "(SSE, daphne)",
     "(daphne)",
