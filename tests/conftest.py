@@ -170,6 +170,16 @@ def sdk(gateway: GatewayServer) -> Iterator[Callable[[Actor], Any]]:
         client.close()
 
 
+def scripted_route(
+    make_route: Callable[..., str], upstream: FakeUpstream, kind: str, **script: Any
+) -> tuple[str, str]:
+    """A route to one ``kind`` target on the fake upstream answering ``script``;
+    (the public model, the upstream model)."""
+    upstream_model = unique(kind)
+    upstream.script(upstream_model, **script)
+    return make_route((kind, upstream.base_url, upstream_model), api_key="sk-up"), upstream_model
+
+
 @pytest.fixture
 def claude(gateway: GatewayServer) -> Iterator[Callable[[Actor], Any]]:
     """The official Anthropic client for an actor, pointed at the gateway

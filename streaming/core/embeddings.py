@@ -17,7 +17,7 @@ from audit.records import AuditEntry
 from audit.writer import audit_submit
 from streaming.core.admission import Admission
 from streaming.core.events import Failure
-from streaming.core.outcome import record_failure, served_headers
+from streaming.core.outcome import new_audit, record_failure, served_headers
 from streaming.observability import metrics
 from streaming.observability.logging import bind
 from streaming.providers import EmbeddingRequest, Embeddings, UpstreamError
@@ -44,19 +44,14 @@ class EmbeddingCall:
         self.request = request
         self.route = route
         self.failure: Failure | None = None
-        self.audit = AuditEntry(
-            request_id=self.id,
-            protocol="embeddings",
-            public_model=request.model,
-            started_at=time.time(),
-            app_id=identity.app_id,
-            app_name=identity.name,
-            token_id=identity.token_id,
-            staff_user_id=identity.staff_user_id,
-            staff_username=identity.staff_username,
-            client_ip=client_ip,
-            request_messages=request.inputs,
-            request_params=dict(request.params),
+        self.audit = new_audit(
+            self.id,
+            "embeddings",
+            request.model,
+            identity,
+            client_ip,
+            messages=request.inputs,
+            params=dict(request.params),
         )
 
     @property

@@ -1,13 +1,43 @@
-"""How a request ended, as its client is told: the failure it gets, and the
-headers that say which target served it and how it came to."""
+"""A request's record and how it ended, as its client is told: the audit entry
+it starts with, the failure it gets, and the headers that say which target
+served it and how it came to."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from accounts.identity import AppIdentity
 from audit.records import AuditEntry
 from streaming.core.events import Failure
 from streaming.providers import UpstreamError
+
+
+def new_audit(
+    request_id: str,
+    protocol: str,
+    public_model: str,
+    identity: AppIdentity,
+    client_ip: str | None,
+    *,
+    messages: list[Any],
+    params: dict[str, Any],
+) -> AuditEntry:
+    """The audit entry a request starts with: who asked, from where, for what."""
+    return AuditEntry(
+        request_id=request_id,
+        protocol=protocol,
+        public_model=public_model,
+        started_at=time.time(),
+        app_id=identity.app_id,
+        app_name=identity.name,
+        token_id=identity.token_id,
+        staff_user_id=identity.staff_user_id,
+        staff_username=identity.staff_username,
+        client_ip=client_ip,
+        request_messages=messages,
+        request_params=params,
+    )
 
 
 def record_failure(audit: AuditEntry, error: UpstreamError) -> Failure:

@@ -22,7 +22,7 @@ from django.conf import settings
 
 from accounts import revocation
 from accounts.identity import AppIdentity
-from audit.records import AttemptEntry, AuditEntry
+from audit.records import AttemptEntry
 from audit.writer import audit_submit
 from streaming.core import finished, redis_log
 from streaming.core.admission import Admission
@@ -38,7 +38,7 @@ from streaming.core.events import (
     start_event,
 )
 from streaming.core.log import LogLimits, MemoryStreamLog, StreamLogFull
-from streaming.core.outcome import record_failure, served_headers
+from streaming.core.outcome import new_audit, record_failure, served_headers
 from streaming.core.reader import follow
 from streaming.core.transcript import Transcript
 from streaming.observability import metrics
@@ -96,19 +96,14 @@ class StreamSession:
         self._revoked = ""  # why the identity behind it was revoked, if it was
         self._watch: revocation.Watch | None = None
         self._answering: AttemptEntry | None = None  # the attempt whose output the log holds
-        self.audit = AuditEntry(
-            request_id=self.id,
-            protocol=protocol,
-            public_model=request.model,
-            started_at=time.time(),
-            app_id=identity.app_id,
-            app_name=identity.name,
-            token_id=identity.token_id,
-            staff_user_id=identity.staff_user_id,
-            staff_username=identity.staff_username,
-            client_ip=client_ip,
-            request_messages=request.messages,
-            request_params={**request.params, "stream": request.stream},
+        self.audit = new_audit(
+            self.id,
+            protocol,
+            request.model,
+            identity,
+            client_ip,
+            messages=request.messages,
+            params={**request.params, "stream": request.stream},
         )
         self.task: asyncio.Task[None] | None = None
 

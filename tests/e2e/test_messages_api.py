@@ -8,15 +8,13 @@ shape, and a dropped stream resumes by its id.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
-from tests.conftest import unique, wait_for_audit
-from tests.fakes.upstream import FakeUpstream
+from tests.conftest import scripted_route, unique, wait_for_audit
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
 
@@ -27,12 +25,6 @@ WEATHER = {
     "description": "The weather in a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-
-
-def route_to(make_route: Callable[..., str], upstream: FakeUpstream, kind: str, **script: Any):
-    upstream_model = unique(kind)
-    upstream.script(upstream_model, **script)
-    return make_route((kind, upstream.base_url, upstream_model), api_key="sk-up"), upstream_model
 
 
 def sse_events(response: httpx.Response) -> list[tuple[int | None, str, dict[str, Any]]]:
@@ -53,7 +45,7 @@ def sse_events(response: httpx.Response) -> list[tuple[int | None, str, dict[str
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_streaming_through_each_provider(gateway, alice, claude, make_route, upstream, kind):
-    model, upstream_model = route_to(make_route, upstream, kind, tokens=TOKENS)
+    model, upstream_model = scripted_route(make_route, upstream, kind, tokens=TOKENS)
 
     with claude(alice).messages.stream(
         model=model, max_tokens=100, system="Be brief.", messages=HELLO
@@ -81,7 +73,7 @@ def test_streaming_through_each_provider(gateway, alice, claude, make_route, ups
 
 
 def test_non_streaming(gateway, alice, claude, make_route, upstream):
-    model, _ = route_to(make_route, upstream, "openai", tokens=TOKENS)
+    model, _ = scripted_route(make_route, upstream, "openai", tokens=TOKENS)
 
     message = claude(alice).messages.create(model=model, max_tokens=50, messages=HELLO)
 
@@ -98,7 +90,7 @@ def test_demo_provider_answers(gateway, alice, claude, demo_model):
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_tool_use_and_tool_results(gateway, alice, claude, make_route, upstream, kind):
-    model, upstream_model = route_to(
+    model, upstream_model = scripted_route(
         make_route,
         upstream,
         kind,
@@ -193,7 +185,7 @@ def test_errors_in_anthropic_shape(gateway, alice, claude, make_route, upstream)
         wrong.messages.create(model="m", max_tokens=10, messages=HELLO)
     assert denied.value.body["error"]["type"] == "authentication_error"
 
-    model, _ = route_to(make_route, upstream, "openai", fault="http_500")
+    model, _ = scripted_route(make_route, upstream, "openai", fault="http_500")
     with pytest.raises(anthropic.APIStatusError) as failed:
         client.messages.create(model=model, max_tokens=10, messages=HELLO, stream=True)
     assert failed.value.status_code >= 500
@@ -201,7 +193,7 @@ def test_errors_in_anthropic_shape(gateway, alice, claude, make_route, upstream)
 
 
 def test_bearer_token_works_too(gateway, alice, make_route, upstream):
-    model, _ = route_to(make_route, upstream, "openai", tokens=TOKENS)
+    model, _ = scripted_route(make_route, upstream, "openai", tokens=TOKENS)
     response = httpx.post(
         f"{gateway.url}/v1/messages",
         headers=alice.headers,
@@ -213,7 +205,7 @@ def test_bearer_token_works_too(gateway, alice, make_route, upstream):
 
 
 def test_a_dropped_stream_resumes_by_id(gateway, alice, make_route, upstream):
-    model, _ = route_to(make_route, upstream, "openai", tokens=[f"x{i} " for i in range(12)])
+    model, _ = scripted_route(make_route, upstream, "openai", tokens=[f"x{i} " for i in range(12)])
     body = {"model": model, "max_tokens": 100, "messages": HELLO, "stream": True}
     headers = {**alice.headers}
     with httpx.stream(
@@ -246,7 +238,7 @@ def test_count_tokens_says_it_is_not_served_for_other_providers(gateway, alice, 
 def test_count_tokens_is_anthropics_own_count(gateway, alice, claude, make_route, upstream):
     from tests.fakes import wire
 
-    model, upstream_model = route_to(make_route, upstream, "anthropic", tokens=TOKENS)
+    model, upstream_model = scripted_route(make_route, upstream, "anthropic", tokens=TOKENS)
 
     counted = claude(alice).messages.count_tokens(
         model=model, system="Be brief.", messages=HELLO, tools=[WEATHER]

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import unique, wait_for_audit
-from tests.fakes.upstream import FakeUpstream
+from tests.conftest import scripted_route, unique, wait_for_audit
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
 
@@ -28,12 +26,6 @@ WEATHER = {
     "description": "The weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-
-
-def route_to(make_route: Callable[..., str], upstream: FakeUpstream, kind: str, **script: Any):
-    upstream_model = unique(kind)
-    upstream.script(upstream_model, **script)
-    return make_route((kind, upstream.base_url, upstream_model), api_key="sk-up"), upstream_model
 
 
 def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
@@ -51,7 +43,7 @@ def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_streaming_events_through_each_provider(gateway, alice, sdk, make_route, upstream, kind):
-    model, upstream_model = route_to(make_route, upstream, kind, tokens=TOKENS)
+    model, upstream_model = scripted_route(make_route, upstream, kind, tokens=TOKENS)
 
     events = list(
         sdk(alice).responses.create(
@@ -95,7 +87,7 @@ def test_streaming_events_through_each_provider(gateway, alice, sdk, make_route,
 
 
 def test_the_sdk_stream_helper_and_non_streaming(gateway, alice, sdk, make_route, upstream):
-    model, _ = route_to(make_route, upstream, "openai", tokens=TOKENS)
+    model, _ = scripted_route(make_route, upstream, "openai", tokens=TOKENS)
     client = sdk(alice)
 
     with client.responses.stream(model=model, input="Say hello") as stream:
@@ -118,7 +110,7 @@ def test_demo_provider_answers(gateway, alice, sdk, demo_model):
 
 
 def test_function_tools_and_their_outputs(gateway, alice, sdk, make_route, upstream):
-    model, upstream_model = route_to(
+    model, upstream_model = scripted_route(
         make_route,
         upstream,
         "openai",
@@ -161,7 +153,7 @@ def test_function_tools_and_their_outputs(gateway, alice, sdk, make_route, upstr
 
 def test_background_retrieve_resume_from_any_point(gateway, alice, sdk, make_route, upstream):
     tokens = [f"t{i} " for i in range(30)]
-    model, _ = route_to(make_route, upstream, "openai", tokens=tokens, delay=0.02)
+    model, _ = scripted_route(make_route, upstream, "openai", tokens=tokens, delay=0.02)
     client = sdk(alice)
 
     created = client.responses.create(model=model, input="Count", background=True)
@@ -185,7 +177,7 @@ def test_background_stream_survives_the_client_and_resumes(
     gateway, alice, sdk, make_route, upstream
 ):
     tokens = [f"w{i} " for i in range(40)]
-    model, _ = route_to(make_route, upstream, "anthropic", tokens=tokens, delay=0.02)
+    model, _ = scripted_route(make_route, upstream, "anthropic", tokens=tokens, delay=0.02)
     client = sdk(alice)
 
     seen: list[Any] = []
@@ -206,7 +198,7 @@ def test_background_stream_survives_the_client_and_resumes(
 
 
 def test_cancel_a_background_response(gateway, alice, sdk, make_route, upstream):
-    model, _ = route_to(make_route, upstream, "openai", tokens=200, delay=0.05)
+    model, _ = scripted_route(make_route, upstream, "openai", tokens=200, delay=0.05)
     client = sdk(alice)
 
     created = client.responses.create(model=model, input="Go on", background=True)
@@ -259,7 +251,7 @@ def test_errors_are_openai_errors(gateway, alice, sdk, make_route, upstream):
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_" + "0" * 24)
 
-    model, _ = route_to(make_route, upstream, "openai", fault="http_500")
+    model, _ = scripted_route(make_route, upstream, "openai", fault="http_500")
     with pytest.raises(openai.APIStatusError) as failed:
         client.responses.create(model=model, input="x", stream=True)
     assert failed.value.status_code >= 500
@@ -268,7 +260,7 @@ def test_errors_are_openai_errors(gateway, alice, sdk, make_route, upstream):
 def test_another_app_cannot_read_or_cancel_a_response(
     gateway, alice, bob, sdk, make_route, upstream
 ):
-    model, _ = route_to(make_route, upstream, "openai", tokens=TOKENS)
+    model, _ = scripted_route(make_route, upstream, "openai", tokens=TOKENS)
     response = sdk(alice).responses.create(model=model, input="x", background=True)
 
     with pytest.raises(openai.PermissionDeniedError):
@@ -278,7 +270,7 @@ def test_another_app_cannot_read_or_cancel_a_response(
 
 
 def test_a_chat_stream_is_not_a_response(gateway, alice, sdk, make_route, upstream):
-    model, _ = route_to(make_route, upstream, "openai", tokens=TOKENS)
+    model, _ = scripted_route(make_route, upstream, "openai", tokens=TOKENS)
     chat = sdk(alice).chat.completions.create(
         model=model, messages=[{"role": "user", "content": "x"}]
     )
@@ -289,7 +281,7 @@ def test_a_chat_stream_is_not_a_response(gateway, alice, sdk, make_route, upstre
 def test_resume_through_the_streams_endpoint_with_last_event_id(
     gateway, alice, make_route, upstream
 ):
-    model, _ = route_to(make_route, upstream, "openai", tokens=[f"x{i}" for i in range(12)])
+    model, _ = scripted_route(make_route, upstream, "openai", tokens=[f"x{i}" for i in range(12)])
     body = {"model": model, "input": "x", "stream": True}
     with httpx.stream(
         "POST", f"{gateway.url}/v1/responses", json=body, headers=alice.headers, timeout=20
