@@ -1,7 +1,8 @@
 """Admission of a request against its app's limits, and its settlement at the end.
 
-The estimate reserved is the prompt's tokens, guessed from its text (about
-four characters a token, plus a few per message), plus the most output the
+The estimate reserved is the prompt's tokens, guessed from its text as a
+request is charged when its upstream reports no usage
+(``streaming.routing.usage``), plus the most output the
 request may produce: its own max tokens, else its app's ceiling, else
 ``SLUICE_LIMIT_DEFAULT_MAX_TOKENS``. Its cost is priced at the route's first
 target. When the request ends, ``Admission.settle`` frees the slot and
@@ -13,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from django.conf import settings
 
 from accounts.identity import AppIdentity
@@ -22,11 +22,7 @@ from accounts.limits import Reservation
 from audit.records import AuditEntry
 from streaming.providers import ChatRequest, EmbeddingRequest, Price
 from streaming.routing.routes import ResolvedRoute
-
-CHARS_PER_TOKEN = 4
-MESSAGE_TOKENS = 4  # a message's role and framing
-REQUEST_TOKENS = 3  # the reply's priming
-PART_TOKENS = 85  # an image or other non-text part (OpenAI's low-detail image)
+from streaming.routing.usage import estimate_embedding_tokens, estimate_prompt_tokens
 
 
 @dataclass(slots=True)
@@ -35,8 +31,6 @@ class Admission:
 
     limiter: Limiter
     reservation: Reservation
-    price: Price | None
-    prompt_estimate: int
 
     def headers(self) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers as of this admission."""
@@ -49,35 +43,7 @@ class Admission:
         self.limiter.settle(self.reservation, tokens=tokens, cost_usd=audit.cost_usd)
 
 
-# -- the estimate ------------------------------------------------------------
-def _text_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)
-
-
-def _content_tokens(content: Any) -> int:
-    if isinstance(content, str):
-        return _text_tokens(content)
-    if not isinstance(content, list):
-        return 0
-    total = 0
-    for part in content:
-        text = part.get("text") if isinstance(part, dict) else None
-        total += _text_tokens(text) if isinstance(text, str) else PART_TOKENS
-    return total
-
-
-def prompt_estimate(messages: list[dict[str, Any]], params: dict[str, Any]) -> int:
-    """The prompt's tokens, guessed from its text (tool calls and tools as JSON)."""
-    total = REQUEST_TOKENS
-    for message in messages:
-        total += MESSAGE_TOKENS + _content_tokens(message.get("content"))
-        if message.get("tool_calls"):
-            total += _text_tokens(orjson.dumps(message["tool_calls"]).decode())
-    if params.get("tools"):
-        total += _text_tokens(orjson.dumps(params["tools"]).decode())
-    return total
-
-
+# -- the estimate (the prompt as streaming.routing.usage estimates it) ----------
 def requested_max_tokens(params: dict[str, Any]) -> int | None:
     """The most output tokens the request asks for, if it names a number."""
     asked = [params.get(name) for name in ("max_tokens", "max_completion_tokens")]
@@ -90,21 +56,14 @@ def output_estimate(params: dict[str, Any], ceiling: int | None) -> int:
 
 
 def chat_estimate(request: ChatRequest, ceiling: int | None) -> tuple[int, int]:
-    """(prompt, output) tokens admission reserves for a chat request."""
-    return prompt_estimate(request.messages, request.params), output_estimate(
-        request.params, ceiling
-    )
+    """(prompt, output) tokens admission reserves for a chat request: the same
+    prompt estimate a request is charged when its upstream reports no usage."""
+    return estimate_prompt_tokens(request), output_estimate(request.params, ceiling)
 
 
 def embeddings_estimate(request: EmbeddingRequest) -> int:
     """Prompt tokens of an embeddings request (a token array counts as itself)."""
-    total = 0
-    for item in request.inputs:
-        if isinstance(item, str):
-            total += _text_tokens(item)
-        elif isinstance(item, list):
-            total += len(item)
-    return max(total, 1)
+    return max(estimate_embedding_tokens(request), 1)
 
 
 def first_price(route: ResolvedRoute) -> Price | None:
@@ -122,4 +81,4 @@ async def admit(
     reservation = await limits.reserve(
         app=identity.client_id, limits=identity.limits, tokens=prompt + output, cost_usd=cost
     )
-    return Admission(limits, reservation, price, prompt)
+    return Admission(limits, reservation)

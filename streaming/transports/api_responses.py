@@ -15,10 +15,10 @@ import asyncio
 import contextlib
 
 import orjson
-from redis.exceptions import RedisError
 
 from accounts.identity import AppIdentity
 from streaming.core.events import END, Inbound
+from streaming.core.log import CursorTrimmed
 from streaming.core.reader import StreamHandle
 from streaming.transports.api import (
     _error_response,
@@ -34,7 +34,7 @@ from streaming.transports.errors import ApiError
 from streaming.transports.http import ApiRequest, JsonResponse, StreamResponse
 from streaming.transports.inbound.responses import parse_responses_request
 from streaming.transports.schema import parse_json_body
-from streaming.transports.streams import find_stream, request_cancel
+from streaming.transports.streams import find_stream, request_cancel, shared_store
 
 CANCEL_WAIT_SECONDS = 5.0  # how long a cancel waits for the generation to stop
 
@@ -116,43 +116,31 @@ def _starting_after(request: ApiRequest) -> int:
 async def retrieve_response(request: ApiRequest) -> JsonResponse | StreamResponse:
     """The response as it stands, or with ``stream=true`` its events after ``starting_after``."""
     identity, handle = await _find_response(request)
-    try:
-        if request.query.get("stream", "").lower() in {"true", "1"}:
-            echo = orjson.loads(handle.inbound.echo)
-            encoder = ResponsesEncoder(
-                handle.id, handle.created, echo, after=_starting_after(request)
-            )
-            return _event_stream(handle, request, encoder, identity=identity)
-        return JsonResponse(await _snapshot(handle), headers={"X-Sluice-Stream-Id": handle.id})
-    except RedisError as error:
-        raise _unreachable(error) from None
+    if request.query.get("stream", "").lower() in {"true", "1"}:
+        echo = orjson.loads(handle.inbound.echo)
+        encoder = ResponsesEncoder(handle.id, handle.created, echo, after=_starting_after(request))
+        return _event_stream(handle, request, encoder, identity=identity)
+    with shared_store():
+        body = await _snapshot(handle)
+    return JsonResponse(body, headers={"X-Sluice-Stream-Id": handle.id})
 
 
 async def cancel_response(request: ApiRequest) -> JsonResponse:
     """Stop the generation wherever it runs; the response as it ended (``cancelled``)."""
     _, handle = await _find_response(request)
     await request_cancel(handle)
-    try:
-        with contextlib.suppress(TimeoutError):
+    with shared_store():
+        with contextlib.suppress(TimeoutError, CursorTrimmed):
             await asyncio.wait_for(_until_end(handle), CANCEL_WAIT_SECONDS)
         _, handle = await _find_response(request)  # where it ended, if it ended elsewhere
-        return JsonResponse(await _snapshot(handle), headers={"X-Sluice-Stream-Id": handle.id})
-    except RedisError as error:
-        raise _unreachable(error) from None
+        body = await _snapshot(handle)
+    return JsonResponse(body, headers={"X-Sluice-Stream-Id": handle.id})
 
 
 async def _until_end(handle: StreamHandle) -> None:
     async for batch in handle.follow(0):
         if batch and batch[-1][1] == END:
             return
-
-
-def _unreachable(error: RedisError) -> ApiError:
-    return ApiError(
-        503,
-        f"responses of other instances cannot be reached now ({type(error).__name__})",
-        code="stream_store_unavailable",
-    )
 
 
 responses_app = endpoint({"POST": create_response})

@@ -21,7 +21,7 @@ from streaming.transports.errors import ApiError
 
 
 @contextlib.contextmanager
-def _shared_store() -> Iterator[None]:
+def shared_store() -> Iterator[None]:
     """A Redis failure as a 503: the stream may exist on another instance, and
     this one cannot tell until Redis is back (a 500 would say it is our bug)."""
     try:
@@ -38,7 +38,7 @@ async def find_stream(identity: AppIdentity, stream_id: str) -> StreamHandle:
     """The stream, if it exists and belongs to this app (404 / 403 otherwise)."""
     handle: StreamHandle | None = get_session(stream_id)
     if handle is None and redis_enabled():
-        with _shared_store():
+        with shared_store():
             handle = await RemoteStream.find(stream_id)
     if handle is None:
         raise ApiError(
@@ -52,7 +52,7 @@ async def find_stream(identity: AppIdentity, stream_id: str) -> StreamHandle:
 async def check_cursor(handle: StreamHandle, cursor: int) -> bool:
     """Whether anything follows ``cursor``; 409 if the cursor cannot be resumed from."""
     try:
-        with _shared_store():
+        with shared_store():
             return await handle.remaining(cursor)
     except CursorTrimmed:
         raise ApiError(
@@ -64,5 +64,5 @@ async def check_cursor(handle: StreamHandle, cursor: int) -> bool:
 
 async def request_cancel(handle: StreamHandle) -> None:
     """Cancel the stream wherever it runs (through Redis if on another instance)."""
-    with _shared_store():
+    with shared_store():
         await handle.request_cancel()

@@ -35,10 +35,11 @@ def route(price: Price | None = PRICE) -> ResolvedRoute:
 def test_the_estimate_is_the_prompt_plus_the_most_output_it_may_ask_for(settings):
     settings.SLUICE_LIMIT_DEFAULT_MAX_TOKENS = 1000
     chat = ChatRequest(model="m", messages=[{"role": "user", "content": "x" * 40}])
-    assert admission.chat_estimate(chat, None) == (3 + 4 + 10, 1000)
-    assert admission.chat_estimate(chat, 64) == (17, 64)
+    prompt = 10 + 3 + 3  # 40 characters, one message, the reply
+    assert admission.chat_estimate(chat, None) == (prompt, 1000)
+    assert admission.chat_estimate(chat, 64) == (prompt, 64)
     chat.params["max_completion_tokens"] = 20
-    assert admission.chat_estimate(chat, 64) == (17, 20)
+    assert admission.chat_estimate(chat, 64) == (prompt, 20)
 
 
 async def test_a_targets_price_drives_the_cost_budget(settings):
