@@ -23,7 +23,7 @@ from oauth2_provider.models import (
 from oauth2_provider.scopes import get_scopes_backend
 
 from accounts.admin_tokens import tokens_of
-from accounts.models import LIMIT_FIELDS, AppPolicy
+from accounts.models import AUDIT_FIELDS, LIMIT_FIELDS, AppPolicy
 
 Application = get_application_model()
 
@@ -38,8 +38,20 @@ def _model_choices(current: list[str]) -> list[tuple[str, str]]:
     return [(name, name) for name in sorted(names | set(current))]
 
 
+class PatternLines(forms.Field):
+    """A list of regular expressions, edited one per line."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "cols": 60})
+
+    def prepare_value(self, value: Any) -> Any:
+        return "\n".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value: Any) -> list[str]:
+        return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+
+
 class AppPolicyForm(forms.ModelForm):
-    """Scopes and models as checkboxes, not JSON."""
+    """Scopes and models as checkboxes, not JSON; redaction patterns one per line."""
 
     scopes = forms.MultipleChoiceField(
         widget=forms.CheckboxSelectMultiple,
@@ -50,10 +62,15 @@ class AppPolicyForm(forms.ModelForm):
         widget=forms.CheckboxSelectMultiple,
         help_text="The model routes this app may call. None checked: every model.",
     )
+    redact_patterns = PatternLines(
+        required=False,
+        help_text="Regular expressions (Python syntax), one per line, whose matches the audit "
+        "replaces with [REDACTED:custom] before storing.",
+    )
 
     class Meta:
         model = AppPolicy
-        fields = ("enabled", "scopes", "allowed_models", *LIMIT_FIELDS)
+        fields = ("enabled", "scopes", "allowed_models", *LIMIT_FIELDS, *AUDIT_FIELDS)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

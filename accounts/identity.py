@@ -35,6 +35,7 @@ from accounts.limits import NO_LIMITS, Limits
 from accounts.models import NEVER_EXPIRES, AppPolicy
 from accounts.tokens import app_token_touch
 from gateway.cache import SingleFlightCache
+from gateway.database import DATABASE_UNAVAILABLE
 
 CACHE_MAX_ENTRIES = 10_000
 
@@ -56,6 +57,8 @@ class AppIdentity:
     staff_user_id: int | None = None
     staff_username: str = ""
     limits: Limits = NO_LIMITS  # from the app's policy: admission needs no query
+    # The app's audit redaction patterns (AppPolicy.redaction_specs), for its records.
+    redact: tuple[str, ...] = ()
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -107,6 +110,9 @@ _identities: SingleFlightCache[str, AppIdentity] = SingleFlightCache(
     ttl=_keep_seconds,
     max_entries=CACHE_MAX_ENTRIES,
     clock=lambda: _clock(),  # looked up at each call, so a test can move time
+    # While the database is unreachable, a token seen before keeps working until it expires.
+    stale_on=DATABASE_UNAVAILABLE,
+    stale_ok=lambda identity: identity.expires_at > _clock(),
 )
 
 
@@ -175,6 +181,7 @@ def _identity(
         allowed_models=frozenset(policy.allowed_models) or None,
         expires_at=expires,
         limits=Limits.of_policy(policy),
+        redact=policy.redaction_specs(),
     )
 
 

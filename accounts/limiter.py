@@ -96,6 +96,22 @@ class Limiter(ABC):
         self._track(app, reservation)
         return reservation
 
+    def resume(self, kept: dict[str, Any]) -> Reservation:
+        """A reservation another instance took (``Reservation.kept``), held from
+        now on by this one: its slot kept alive until it is settled here."""
+        window = Window.at(float(kept["at"]))
+        empty = Quota(dict.fromkeys(COUNTERS, 0), dict.fromkeys(COUNTERS, 0), window)
+        reservation = Reservation(
+            str(kept["id"]),
+            str(kept["app"]),
+            int(kept["tokens"]),
+            int(kept["cost_nano"]),
+            window,
+            empty,
+        )
+        self._track(reservation.app, reservation)
+        return reservation
+
     def settle(self, reservation: Reservation, *, tokens: int, cost_usd: float) -> None:
         """Free the slot and replace the estimates by what was used (once)."""
         if reservation.settled:

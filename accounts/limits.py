@@ -195,3 +195,14 @@ class Reservation:
 
     def headers(self) -> dict[str, str]:
         return self.quota.headers()
+
+    def kept(self) -> dict[str, Any]:
+        """What another instance needs to hold and settle this reservation
+        (a stream taken over: streaming.core.takeover)."""
+        return {
+            "id": self.id,
+            "app": self.app,
+            "tokens": self.tokens,
+            "cost_nano": self.cost_nano,
+            "at": self.window.now,
+        }

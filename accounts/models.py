@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -55,6 +56,37 @@ LIMIT_FIELDS = (
     "monthly_tokens",
     "monthly_cost_usd",
 )
+
+
+# The policy's audit settings (retention and redaction), edited like the limits.
+AUDIT_FIELDS = ("audit_retention_days", "redact_emails", "redact_cards", "redact_patterns")
+MAX_REDACT_PATTERNS = 20
+MAX_REDACT_PATTERN_LENGTH = 300
+# A group that repeats and is itself repeated, e.g. (a+)+ or (\w*)*: the shape
+# that makes a backtracking engine take exponential time on a near miss.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}]\)[+*{]")
+
+
+def validate_redact_patterns(value: Any) -> None:
+    """A list of regular expressions, each compilable, bounded and not catastrophic."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError('Enter a list of regular expressions, e.g. ["ACME-\\d{6}"].')
+    if len(value) > MAX_REDACT_PATTERNS:
+        raise ValidationError(f"At most {MAX_REDACT_PATTERNS} patterns.")
+    for number, pattern in enumerate(value, 1):
+        where = f"Pattern {number} ({pattern[:40]!r})"
+        if not pattern.strip() or len(pattern) > MAX_REDACT_PATTERN_LENGTH:
+            raise ValidationError(f"{where}: 1 to {MAX_REDACT_PATTERN_LENGTH} characters.")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise ValidationError(f"{where} is not a valid regular expression: {error}.") from None
+        if compiled.search("") is not None:
+            raise ValidationError(f"{where} matches empty text.")
+        if _NESTED_QUANTIFIER.search(pattern):
+            raise ValidationError(
+                f"{where} repeats a repeated group, which can take exponential time."
+            )
 
 
 class AppPolicy(models.Model):
@@ -122,6 +154,26 @@ class AppPolicy(models.Model):
         decimal_places=2,
         validators=[MinValueValidator(Decimal("0.01"))],
     )
+    audit_retention_days = _limit(
+        models.PositiveIntegerField,
+        "Days the audit keeps this app's records. Empty: the gateway's default "
+        "(SLUICE_AUDIT_RETENTION_DAYS).",
+        validators=AT_LEAST_ONE,
+    )
+    redact_emails = models.BooleanField(
+        default=False, help_text="Replace email addresses before the audit stores anything."
+    )
+    redact_cards = models.BooleanField(
+        default=False,
+        help_text="Replace payment card numbers (those that pass the Luhn check) before "
+        "the audit stores anything.",
+    )
+    redact_patterns = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_redact_patterns],
+        help_text="Regular expressions (Python syntax) whose matches the audit replaces.",
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -138,6 +190,13 @@ class AppPolicy(models.Model):
     def default_for(cls, application: Any) -> AppPolicy:
         """The unsaved policy an application without a row gets."""
         return cls(application=application)
+
+    def redaction_specs(self) -> tuple[str, ...]:
+        """What audit.redaction applies: built-in names, then ``re:<pattern>``."""
+        builtin = (["email"] if self.redact_emails else []) + (
+            ["card"] if self.redact_cards else []
+        )
+        return (*builtin, *(f"re:{p}" for p in self.redact_patterns or ()))
 
     @classmethod
     def of(cls, application: Any) -> AppPolicy:

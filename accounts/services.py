@@ -169,6 +169,12 @@ def app_get(*, name: str) -> Any:
     return app
 
 
+def app_redaction(*, app_id: int) -> tuple[str, ...]:
+    """The redaction patterns of app ``app_id`` (audit.redaction's specs); none if it is gone."""
+    app = get_application_model().objects.filter(pk=app_id).select_related("policy").first()
+    return AppPolicy.of(app).redaction_specs() if app is not None else ()
+
+
 def playground_app_ensure() -> int:
     """The pk of the admin playground's own app, created (chat scope) on first use.
 

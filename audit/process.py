@@ -21,8 +21,11 @@ the event loop then waits out, so they are kept small:
 - the child unpickles in its idle thread too: its main thread, at normal
   priority, only moves bytes;
 - a batch is stored at normal priority only when the writer is behind, that
-  is, when a full batch more is already queued behind it (a busy machine
-  slows the audit down but cannot starve it). Before, every full batch was:
+  is, when a full batch more is already queued behind it, or when the idle
+  thread got no CPU to begin it within IDLE_WAIT_SECONDS (every core busy:
+  a busy machine slows the audit down but cannot starve it; before the
+  second rule, a quiet gateway's few records waited as long as the cores
+  were busy). Before, every full batch was:
   at 700 requests a second that was every other one, each taking a core
   for 20 to 60 ms.
 Together these were most of the sequential benchmark's first-token p99.
@@ -40,15 +43,20 @@ import signal
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
+from audit.instance import instance_id
 from audit.records import AuditEntry
+from audit.store import STATE_KEYS
 
 logger = logging.getLogger(__name__)
 
 _STOP = None  # what the parent sends to end the child
+IDLE_WAIT_SECONDS = 1.0
 
 
 class AuditWriteFailed(Exception):
@@ -93,8 +101,13 @@ class _Slab:
         return view
 
 
-def _serve(conn: Connection) -> None:
-    """The child: store each batch that arrives; end at the stop marker or EOF."""
+def _serve(conn: Connection, instance: str, spool_state: Any) -> None:
+    """The child: store each batch that arrives; end at the stop marker or EOF.
+
+    It works as ``instance`` (its spool file is that instance's) and keeps
+    ``spool_state`` (shared memory, read by the parent for its metrics and
+    for refusing requests when the spool is full) up to date.
+    """
     # The parent decides when to stop (after its last flush); the child must
     # not die first from the terminal's Ctrl-C or the service manager's TERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -105,6 +118,16 @@ def _serve(conn: Connection) -> None:
     django.setup()
     from django.db import connections
 
+    from audit.instance import set_instance_id
+    from audit.store import STATE_KEYS, durable_store, publish_state_to
+
+    set_instance_id(instance)
+
+    def publish(state: dict[str, int]) -> None:
+        spool_state[:] = [state[key] for key in STATE_KEYS]
+
+    publish_state_to(publish)
+    store = durable_store()  # now: its spool is locked, dead ones adopted, from the start
     idle = ThreadPoolExecutor(1, "audit-idle", initializer=_run_when_idle)
     while True:
         try:
@@ -114,20 +137,33 @@ def _serve(conn: Connection) -> None:
         if message is _STOP:
             break
         urgent, pickled = message
-        conn.send(_store(pickled) if urgent else idle.submit(_store, pickled).result())
+        conn.send(_store(pickled) if urgent else _store_when_idle(idle, pickled))
     idle.submit(connections.close_all).result()
     idle.shutdown()
+    store.stop()
     connections.close_all()
 
 
+def _store_when_idle(idle: ThreadPoolExecutor, pickled: list[bytes]) -> str | None:
+    """Store a batch on the idle thread; at normal priority if that thread got no
+    CPU to begin it within IDLE_WAIT_SECONDS (every core busy: a SCHED_IDLE
+    thread may wait for as long as they are, and records must not)."""
+    future = idle.submit(_store, pickled)
+    try:
+        return future.result(timeout=IDLE_WAIT_SECONDS)
+    except FutureTimeout:
+        return _store(pickled) if future.cancel() else future.result()
+
+
 def _store(pickled: list[bytes]) -> str | None:
-    """Store a batch; None, or the class name of the error (never its text: content)."""
+    """Store a batch (or spool it, see ``audit.store``); None, or the class name
+    of the error (never its text: content)."""
     from django.db import connections
 
-    from audit.services import audit_records_write
+    from audit.store import durable_store
 
     try:
-        audit_records_write(entries=[pickle.loads(data) for data in pickled])
+        durable_store().store([pickle.loads(data) for data in pickled])
     except Exception as exc:
         connections.close_all()  # a broken connection is reopened by the next batch
         return type(exc).__name__
@@ -166,6 +202,16 @@ class ProcessWrite:
         self._conn: Connection | None = None
         self._child: BaseProcess | None = None
         self._pid: int | None = None
+        # What the child's spool holds (audit.store.STATE_KEYS), kept live by the child.
+        self._spool_state: Any = self._context.Array("q", len(STATE_KEYS), lock=False)
+
+    def spool_state(self) -> dict[str, int]:
+        """The child's spool: records and bytes waiting, full, replayed and lost counts."""
+        return dict(zip(STATE_KEYS, self._spool_state, strict=True))
+
+    @property
+    def spool_full(self) -> bool:
+        return bool(self._spool_state[2])
 
     def start(self) -> None:
         """Start the child now, so its Django start-up overlaps the gateway's."""
@@ -226,7 +272,10 @@ class ProcessWrite:
             self._discard()
             ours, theirs = self._context.Pipe()
             child = self._context.Process(
-                target=_serve, args=(theirs,), name="sluice-audit-writer", daemon=True
+                target=_serve,
+                args=(theirs, instance_id(), self._spool_state),
+                name="sluice-audit-writer",
+                daemon=True,
             )
             child.start()
             theirs.close()

@@ -77,4 +77,17 @@ class AuditEntry:
     resumes: int = 0
     continued: bool = False
     ended_at: float | None = None
+    # The gateway instance that runs it (audit.instance.INSTANCE_ID).
+    instance: str = ""
+    # The instance that carried it on after ``instance`` was lost (streaming.core.takeover).
+    taken_over_by: str = ""
     attempts: list[AttemptEntry] = field(default_factory=list)
+    # The app's redaction patterns (accounts' AppPolicy.redaction_specs), applied
+    # by audit.redaction.redact_entry before anything is stored, which then
+    # clears them and counts the matches in ``redactions``.
+    redact: tuple[str, ...] = ()
+    redactions: int = 0
+    # One dict per client connection that read the stream while it ran:
+    # transport, connected_at, resumed, from (cursor), events, last_seq,
+    # ended_at, ended (why), generated (the log's events at the stream's end).
+    deliveries: list[dict[str, Any]] = field(default_factory=list)

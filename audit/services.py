@@ -4,25 +4,35 @@
 ``audit_record_write`` writes one entry synchronously (tests, fallbacks).
 An entry for a request_id already stored replaces that record and, when it
 carries attempts, its attempts: each entry is a full snapshot of the request.
+A request's record is written ahead (outcome ``in_progress``) when it is
+accepted and completed by its final entry; see ``audit_records_write``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import Group, Permission
-from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, router, transaction
 from django.db.models import Model, QuerySet
 from oauth2_provider.models import get_application_model
 
-from audit.models import AuditRecord, UpstreamAttempt
+from audit.chain import seal_records
+from audit.models import AuditNote, AuditRecord, Outcome, UpstreamAttempt
 from audit.records import AttemptEntry, AuditEntry
+from audit.redaction import redact_entry
+from audit.search import search_text_of
 from audit.storable import storable_json, storable_text
 
 AUDITORS_GROUP = "auditors"
+IN_PROGRESS = Outcome.IN_PROGRESS.value
+
+logger = logging.getLogger(__name__)
 
 
 def _when(ts: float) -> datetime:
@@ -60,6 +70,8 @@ def _record_fields(entry: AuditEntry, known_apps: set[int]) -> dict[str, Any]:
         "status_code": entry.status_code,
         "error_message": storable_text(entry.error_message),
         "resumes": entry.resumes,
+        "redactions": entry.redactions,
+        "deliveries": storable_json(entry.deliveries),
         "continued": entry.continued,
         "started_at": _when(entry.started_at),
         "ended_at": _when_or_none(entry.ended_at),
@@ -74,8 +86,14 @@ def _record_fields(entry: AuditEntry, known_apps: set[int]) -> dict[str, Any]:
         "finish_reason",
         "outcome",
         "error_class",
+        "instance",
+        "taken_over_by",
     ):
         fields[name] = _clip(AuditRecord, name, getattr(entry, name))
+    # From the values as stored (escaped, redacted), never from the entry.
+    fields["search_text"] = search_text_of(
+        fields["request_messages"], fields["response_text"], fields["tool_calls"]
+    )
     return fields
 
 
@@ -110,13 +128,6 @@ def _charged(item: AuditEntry | AttemptEntry) -> dict[str, Any]:
 def usd(amount: float) -> Decimal:
     """A cost as stored: a Decimal of 10 decimal places (a token can cost 1e-8 USD)."""
     return Decimal(f"{amount:.10f}")
-
-
-def _attempt_rows(record: AuditRecord, attempts: Iterable[AttemptEntry]) -> list[UpstreamAttempt]:
-    return [
-        UpstreamAttempt(record=record, **_attempt_fields(index, a))
-        for index, a in enumerate(attempts)
-    ]
 
 
 def _insert_rows(model: type[Model], rows: list[dict[str, Any]], using: str) -> None:
@@ -158,81 +169,132 @@ def _known_apps(entries: Sequence[AuditEntry], using: str) -> set[int]:
     return set(apps.values_list("pk", flat=True))
 
 
-def _record_upsert(entry: AuditEntry, known_apps: set[int], using: str) -> AuditRecord:
-    record, created = AuditRecord.objects.using(using).update_or_create(
-        request_id=entry.request_id, defaults=_record_fields(entry, known_apps)
+def _update_rows(model: type[Model], key: str, rows: list[dict[str, Any]], using: str) -> None:
+    """Update the rows whose ``key`` matches, each from its dict (field attname -> value),
+    with one prepared statement: the ``_insert_rows`` of updates (update_or_create
+    cost two queries and a model instance per record)."""
+    if not rows:
+        return
+    connection = connections[using]
+    by_name = {f.attname: f for f in model._meta.concrete_fields}
+    names = [name for name in rows[0] if name != key]
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(
+        quote(model._meta.db_table),
+        ", ".join(f"{quote(str(by_name[n].column))} = %s" for n in names),
+        quote(str(by_name[key].column)),
     )
-    if entry.attempts:
-        if not created:
-            record.attempts.all().delete()
-        UpstreamAttempt.objects.using(using).bulk_create(_attempt_rows(record, entry.attempts))
-    return record
+    params = [
+        [by_name[n].get_db_prep_save(row[n], connection) for n in names] + [row[key]]
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
+def _coalesced(entries: Sequence[AuditEntry]) -> dict[str, AuditEntry]:
+    """The entry that counts for each request in a batch: the last one (entries
+    are full snapshots), except that a write-ahead never replaces a final entry,
+    and a final one without attempts keeps those of the one it replaces."""
+    latest: dict[str, AuditEntry] = {}
+    for entry in entries:
+        previous = latest.get(entry.request_id)
+        if previous is not None:
+            if entry.outcome == IN_PROGRESS:
+                continue
+            if not entry.attempts and previous.attempts:
+                entry = replace(entry, attempts=previous.attempts)
+        latest[entry.request_id] = entry
+    return latest
+
+
+def _changes(
+    batch: dict[str, AuditEntry], stored: dict[str, str], known_apps: set[int], using: str
+) -> list[AuditEntry]:
+    """The entries that change a stored record: a final entry over a write-ahead,
+    or one that differs from the final record stored (a resumed stream that ended
+    again). A write-ahead never replaces anything, and a final entry identical to
+    the record (a replay, a late duplicate) is a no-op."""
+    finals = [e for e in batch.values() if e.request_id in stored and e.outcome != IN_PROGRESS]
+    over_final = [e.request_id for e in finals if stored[e.request_id] != IN_PROGRESS]
+    if not over_final:
+        return finals
+    names = list(_record_fields(finals[0], known_apps))
+    rows = AuditRecord.objects.using(using).filter(request_id__in=over_final)
+    current = {row.pop("request_id"): row for row in rows.values("request_id", *names)}
+    return [e for e in finals if current.get(e.request_id) != _record_fields(e, known_apps)]
+
+
+def _insert_records(fresh: list[AuditEntry], known_apps: set[int], using: str) -> None:
+    records = [{"request_id": e.request_id, **_record_fields(e, known_apps)} for e in fresh]
+    _insert_rows(AuditRecord, records, using)
+    _replace_attempts([e for e in fresh if e.attempts], using, stored=False)
+
+
+def _update_records(changed: list[AuditEntry], known_apps: set[int], using: str) -> None:
+    records = [{"request_id": e.request_id, **_record_fields(e, known_apps)} for e in changed]
+    _update_rows(AuditRecord, "request_id", records, using)
+    _replace_attempts([e for e in changed if e.attempts], using, stored=True)
+
+
+def _replace_attempts(entries: list[AuditEntry], using: str, *, stored: bool) -> None:
+    if not entries:
+        return
+    ids = dict(
+        AuditRecord.objects.using(using)
+        .filter(request_id__in=[e.request_id for e in entries])
+        .values_list("request_id", "pk")
+    )
+    if stored:
+        UpstreamAttempt.objects.using(using).filter(record_id__in=ids.values()).delete()
+    attempts = [
+        {"record_id": ids[e.request_id], **_attempt_fields(index, a)}
+        for e in entries
+        for index, a in enumerate(e.attempts)
+    ]
+    _insert_rows(UpstreamAttempt, attempts, using)
 
 
 def audit_record_write(*, entry: AuditEntry) -> AuditRecord:
-    """Store one entry: insert it, or replace the record of the same request."""
+    """Store one entry as ``audit_records_write`` does; the record as stored."""
+    audit_records_write(entries=[entry])
     using = router.db_for_write(AuditRecord)
-    with transaction.atomic(using=using):
-        return _record_upsert(entry, _known_apps([entry], using), using)
+    return AuditRecord.objects.using(using).get(request_id=entry.request_id)
 
 
 def audit_records_write(*, entries: Sequence[AuditEntry]) -> int:
-    """Store a batch in one transaction; new requests go in with two prepared inserts.
+    """Store a batch in one transaction: new requests with two prepared inserts,
+    changed ones with two prepared updates (and their attempts replaced).
 
-    Entries for requests already stored, and repeats within the batch, are
-    applied in order after the inserts, one by one. Returns the entry count.
+    Idempotent by request_id, whatever the order entries arrive in (a spool
+    replayed, a late duplicate): a request's entries in one batch cost one
+    write, a write-ahead (``in_progress``) never replaces a stored record,
+    and a final entry identical to the stored record changes nothing.
+    Entries are redacted first (audit.redaction); the final records written
+    are sealed into the chain (audit.chain) in the same transaction.
+    Returns the entry count.
     """
+    entries = [redact_entry(e) for e in entries]
     using = router.db_for_write(AuditRecord)
+    batch = _coalesced(entries)
     with transaction.atomic(using=using):
-        known_apps = _known_apps(entries, using)
-        seen = set(
+        known_apps = _known_apps(list(batch.values()), using)
+        stored = dict(
             AuditRecord.objects.using(using)
-            .filter(request_id__in={e.request_id for e in entries})
-            .values_list("request_id", flat=True)
+            .filter(request_id__in=list(batch))
+            .values_list("request_id", "outcome")
         )
-        fresh: list[AuditEntry] = []
-        later: list[AuditEntry] = []
-        for entry in entries:
-            (later if entry.request_id in seen else fresh).append(entry)
-            seen.add(entry.request_id)
-        records = [{"request_id": e.request_id, **_record_fields(e, known_apps)} for e in fresh]
-        _insert_rows(AuditRecord, records, using)
-        if any(e.attempts for e in fresh):
-            ids = dict(
-                AuditRecord.objects.using(using)
-                .filter(request_id__in=[e.request_id for e in fresh])
-                .values_list("request_id", "pk")
-            )
-            attempts = [
-                {"record_id": ids[e.request_id], **_attempt_fields(index, a)}
-                for e in fresh
-                for index, a in enumerate(e.attempts)
-            ]
-            _insert_rows(UpstreamAttempt, attempts, using)
-        for entry in later:
-            _record_upsert(entry, known_apps, using)
+        fresh = [e for e in batch.values() if e.request_id not in stored]
+        changed = _changes(batch, stored, known_apps, using)
+        _insert_records(fresh, known_apps, using)
+        _update_records(changed, known_apps, using)
+        written = [e.request_id for e in fresh] + [e.request_id for e in changed]
+        seal_records(written, existed=set(stored), using=using)
     return len(entries)
 
 
 def audit_record_get(*, request_id: str) -> AuditRecord | None:
     return AuditRecord.objects.filter(request_id=request_id).first()
-
-
-def audit_record_list(
-    *,
-    app_id: int | None = None,
-    outcome: str | None = None,
-    since: datetime | None = None,
-) -> QuerySet[AuditRecord]:
-    """Records newest first, optionally narrowed to one app, outcome or period."""
-    records = AuditRecord.objects.order_by("-started_at")
-    if app_id is not None:
-        records = records.filter(app_id=app_id)
-    if outcome is not None:
-        records = records.filter(outcome=outcome)
-    if since is not None:
-        records = records.filter(started_at__gte=since)
-    return records
 
 
 def auditors_group_ensure(*, using: str = DEFAULT_DB_ALIAS) -> Group:
@@ -247,3 +309,28 @@ def auditors_group_ensure(*, using: str = DEFAULT_DB_ALIAS) -> Group:
     )
     group.permissions.add(*perms)
     return group
+
+
+def audit_note_add(
+    *, request_id: str, kind: str, actor: str, detail: dict[str, Any], at: float
+) -> AuditNote | None:
+    """Note a delivery or a watch against a request (see ``AuditNote``).
+
+    A note is worth less than the request it is about: a database error is
+    logged, and the note is lost, never raised into the stream that made it.
+    """
+    try:
+        return AuditNote.objects.create(
+            request_id=request_id[:128],
+            kind=kind,
+            at=_when(at),
+            actor=storable_text(actor)[:150],
+            detail=storable_json(detail),
+        )
+    except DatabaseError:
+        logger.warning("audit note lost: %s %s", kind, request_id, exc_info=True)
+        return None
+
+
+def audit_notes_of(*, request_id: str) -> QuerySet[AuditNote]:
+    return AuditNote.objects.filter(request_id=request_id).order_by("at", "pk")

@@ -24,6 +24,7 @@ from django.db import connections
 
 from audit.process import AuditWriteFailed, ProcessWrite
 from audit.records import AuditEntry
+from audit.store import durable_store, local_spool_full, local_spool_state
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +42,9 @@ Encode = Callable[[AuditEntry], Queued]
 
 
 def _write_to_database(entries: Sequence[AuditEntry], backlog: int = 0) -> object:
-    # Imported here so streaming can import this module before apps are ready.
-    from audit.services import audit_records_write
-
-    return audit_records_write(entries=entries)
+    # The database, or this process's spool while it is away (audit.store).
+    durable_store().store(entries)
+    return len(entries)
 
 
 @dataclass(slots=True)
@@ -300,9 +300,31 @@ def audit_flush(timeout: float = 5.0) -> bool:
 
 
 def audit_writer_stats() -> dict[str, int]:
+    """The writer's queue and counts, and the spool's (``audit.store.STATE_KEYS``)."""
     if _writer is None:
-        return {"queue_depth": 0, "written": 0, "failed": 0, "dropped": 0}
-    return _writer.stats()
+        stats = {"queue_depth": 0, "written": 0, "failed": 0, "dropped": 0}
+    else:
+        stats = _writer.stats()
+    return {**stats, **_spool_state()}
+
+
+def _spool_state() -> dict[str, int]:
+    write = _writer._write if _writer is not None else None
+    if isinstance(write, ProcessWrite):
+        return write.spool_state()
+    return local_spool_state()
+
+
+def audit_refusing() -> bool:
+    """New requests must be refused: the spool is full and the policy says refuse.
+
+    Cheap enough for every request (a flag read).
+    """
+    from django.conf import settings
+
+    write = _writer._write if _writer is not None else None
+    full = write.spool_full if isinstance(write, ProcessWrite) else local_spool_full()
+    return full and settings.SLUICE_AUDIT_SPOOL_FULL == "refuse"
 
 
 def audit_writer_stop(timeout: float = 5.0) -> bool:

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import governance, report
+from bench import audit, governance, report
+from bench.capacity import capacity
 from bench.report import Row
 from bench.scenarios import SCENARIOS, Bench, Sizes, saturation
 from bench.stack import (
@@ -39,7 +40,14 @@ ALL: dict[str, Callable[[Bench], list[Row]]] = {
     "daphne-saturation": lambda bench: saturation(bench, "sse", "daphne"),
     # Only its cut-off is in question: one run.
     "daphne-stalled": lambda bench: stalled(bench, "daphne", runs=1),
+    "audit-sustained": audit.sustained,
+    # Counts of Redis commands and PostgreSQL writes (docs/capacity.md); only
+    # run by name, with REDIS_URL and DATABASE_URL in --gateway-env.
+    "capacity": capacity,
+    # Last: it leaves a million records in the run's database.
+    "audit-export": audit.export,
 }
+BY_NAME = frozenset({"capacity"})  # not in a run of every scenario
 
 NOTES = [
     "Direct: the load generator straight to the fake upstream; Sluice: the same "
@@ -49,9 +57,12 @@ NOTES = [
     "chat.create sent to the first content chunk (the socket is already open).",
     "Gateway CPU s is the gateway process's and its audit writer process's (/proc "
     "stat); peak RSS is the gateway process's own (VmHWM, reset per scenario; the "
-    "audit writer's is flat); each scenario runs on a fresh gateway process.",
+    "audit writer's is flat); each scenario runs on a fresh gateway process. With "
+    "--workers N: every worker's and its audit writer's CPU, and the sum of the "
+    "workers' peak RSS.",
     "The fake upstream is bench/upstream.py (uvloop, one write per token); the "
-    "load generator is bench/load.py (aiohttp on uvloop), each in its own process. "
+    "load generator is bench/load.py (aiohttp on uvloop; WebSocket frames read in bulk by "
+    "hand, as cheap per token as its SSE lines), each in its own process. "
     "On 2 cores they compete with the gateway for CPU: saturation figures are a "
     "floor for what one gateway process relays on a core of its own.",
     "Stalled readers: the baseline column is the same stream read by one client "
@@ -74,15 +85,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a setting for every gateway process (to compare settings), repeatable",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="sluice_serve --workers for every gateway (default: its own, the usable "
+        "cores with REDIS_URL in --gateway-env, else 1)",
+    )
     args = parser.parse_args(argv)
-    names = [n for n in args.only.split(",") if n] or list(ALL)
+    names = [n for n in args.only.split(",") if n] or [n for n in ALL if n not in BY_NAME]
     unknown = set(names) - set(ALL)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     out = args.out or (None if args.quick else RESULTS / "latest.md")
 
     started = time.monotonic()
-    workspace = Workspace(extra=dict(item.split("=", 1) for item in args.gateway_env))
+    workspace = Workspace(
+        extra=dict(item.split("=", 1) for item in args.gateway_env), workers=args.workers
+    )
     workspace.setup_django()
     upstream = start_upstream(workspace)
     try:
@@ -104,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-- {name}", file=sys.stderr, flush=True)
             speeds.append(f"{name} {machine_speed_ms():.1f}")
             rows += ALL[name](bench)
+        rows += report.transport_parity(rows)
         steal_after, total_after = cpu_jiffies()
     finally:
         upstream.stop()
@@ -115,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         f"lower is faster): {', '.join(speeds)}. CPU time stolen by the hypervisor "
         f"over the run: {steal:.1%}."
     )
-    notes = [*NOTES, machine, f"Whole run: {elapsed:.0f} s."]
+    served = "" if args.workers is None else f" Gateway: sluice_serve --workers {args.workers}."
+    notes = [*NOTES, machine, f"Whole run: {elapsed:.0f} s.{served}"]
     table = report.markdown(rows, title=title, notes=notes)
     print(table)
     if out is not None:

@@ -11,12 +11,14 @@ lines for ``"content":"`` instead of parsing JSON, so the client stays cheap.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -72,6 +74,9 @@ class Spec:
     interleave: bool = False  # alternate legs request by request (concurrency 1 only)
     ramp_seconds: float = 0.0  # spread the workers' first requests over this long
     expect_tokens: int | None = None
+    # Open loop: start ``rate`` requests a second whatever the answers do
+    # (``concurrency`` then caps how many are in flight); 0 is closed loop.
+    rate: float = 0.0
 
 
 @dataclass(slots=True)
@@ -161,43 +166,139 @@ async def _http(session: aiohttp.ClientSession, leg: Leg, body: bytes, record: R
     record.error = counter.error or (None if counter.done else "stream ended without its end")
 
 
-async def _ws(session: aiohttp.ClientSession, leg: Leg, body: bytes, record: Record) -> None:
-    headers = {"authorization": f"Bearer {leg.token}"} if leg.token else {}
-    async with session.ws_connect(leg.url, headers=headers, max_msg_size=0) as ws:
+@dataclass(slots=True)
+class FrameCounter:
+    """Counts content tokens in a WebSocket's server frames (RFC 6455, unmasked),
+    read in bulk as the SSE client reads lines: the frames whole in this read
+    are counted together; the end, an error, a ping or a close are spotted."""
+
+    pending: bytes = b""
+    tokens: int = 0
+    done: bool = False
+    error: str | None = None
+    pings: list[bytes] = field(default_factory=list)  # to answer with a pong
+
+    def feed(self, data: bytes) -> int:
+        data = self.pending + data
+        at, texts = 0, []
+        while len(data) - at >= 2:
+            opcode, size, head = data[at] & 0x0F, data[at + 1] & 0x7F, 2
+            if size == 126:
+                size, head = int.from_bytes(data[at + 2 : at + 4]), 4
+            elif size == 127:
+                size, head = int.from_bytes(data[at + 2 : at + 10]), 10
+            if len(data) - at < head + size:
+                break
+            payload = data[at + head : at + head + size]
+            at += head + size
+            if opcode in (0x1, 0x0):
+                texts.append(payload)
+            elif opcode == 0x9:
+                self.pings.append(payload)
+            elif opcode == 0x8:
+                self.error = self.error or f"websocket closed: {payload[:200]!r}"
+        self.pending = data[at:]
+        found = 0
+        for text in texts:
+            found += text.count(CONTENT) - text.count(EMPTY)
+            if text.startswith(b'{"type":"error"') and self.error is None:
+                self.error = text[:200].decode("utf-8", "replace")
+            elif text.startswith(b'{"type":"stream.done"'):
+                self.done = True
+        self.tokens += found
+        return found
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (masked, as RFC 6455 requires of clients)."""
+    mask = os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2)
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8)
+    key = (mask * (size // 4 + 1))[:size]
+    masked = (int.from_bytes(payload) ^ int.from_bytes(key)).to_bytes(size) if size else b""
+    return head + mask + masked
+
+
+async def _ws(leg: Leg, body: bytes, record: Record) -> None:
+    """A WebSocket client as cheap per token as the SSE one: the handshake by
+    hand, then frames read in bulk (FrameCounter). aiohttp's client handed
+    over each message through a queue and cost the shared cores a fifth more
+    than the SSE client, which the gateway's WebSocket figure then paid for."""
+    url = urlsplit(leg.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        auth = f"authorization: Bearer {leg.token}\r\n" if leg.token else ""
+        writer.write(
+            f"GET {url.path} HTTP/1.1\r\nhost: {url.netloc}\r\nupgrade: websocket\r\n"
+            f"connection: Upgrade\r\nsec-websocket-key: {key}\r\n"
+            f"sec-websocket-version: 13\r\n{auth}\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            record.error = f"websocket handshake: {head[:200]!r}"
+            return
         # Timed from the chat.create message, like an HTTP request on a pooled connection.
         t0 = time.perf_counter()
-        await ws.send_bytes(body)
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                record.error = f"websocket {message.type.name}"
-                return
-            data = message.data.encode()
-            found = data.count(CONTENT) - data.count(EMPTY)
-            record.tokens += found
-            if found and record.ttft is None:
+        writer.write(_frame(0x1, body))
+        counter = FrameCounter()
+        while not counter.done and counter.error is None:
+            data = await reader.read(1 << 18)
+            if not data:
+                break
+            if counter.feed(data) and record.ttft is None:
                 record.ttft = time.perf_counter() - t0
-            if data.startswith(b'{"type":"error"'):
-                record.error = data[:200].decode()
-                return
-            if data.startswith(b'{"type":"stream.done"'):
-                record.total = time.perf_counter() - t0
-                return
-    record.error = "websocket closed before stream.done"
+            while counter.pings:
+                writer.write(_frame(0xA, counter.pings.pop()))
+        record.tokens = counter.tokens
+        if counter.error is not None:
+            record.error = counter.error
+        elif counter.done:
+            record.total = time.perf_counter() - t0
+            writer.write(_frame(0x8, (1000).to_bytes(2)))
+        else:
+            record.error = "websocket closed before stream.done"
+    finally:
+        writer.close()
 
 
 async def _one(session: aiohttp.ClientSession, leg: Leg, body: bytes) -> Record:
     record = Record(leg=leg.name, started=time.time())
     try:
         if leg.transport == "ws":
-            await _ws(session, leg, body, record)
+            await _ws(leg, body, record)
         else:
             await _http(session, leg, body, record)
-    except (aiohttp.ClientError, TimeoutError, OSError) as error:
+    except (aiohttp.ClientError, TimeoutError, OSError, EOFError) as error:
         record.error = f"{type(error).__name__}: {error}"
     return record
 
 
+async def _at_rate(session: aiohttp.ClientSession, spec: Spec, leg: Leg) -> list[Record]:
+    """Request i starts at i / rate seconds, unless ``concurrency`` are in flight."""
+    body = _body(leg)
+    gate = asyncio.Semaphore(spec.concurrency)
+    tasks: list[asyncio.Task[Record]] = []
+    start = time.perf_counter()
+    for index in range(spec.requests):
+        delay = start + index / spec.rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await gate.acquire()
+        task = asyncio.create_task(_one(session, leg, body))
+        task.add_done_callback(lambda _: gate.release())
+        tasks.append(task)
+    return list(await asyncio.gather(*tasks))
+
+
 async def _drive(session: aiohttp.ClientSession, spec: Spec, legs: list[Leg]) -> list[Record]:
+    if spec.rate:
+        return [record for leg in legs for record in await _at_rate(session, spec, leg)]
     bodies = {leg.name: _body(leg) for leg in legs}
     order = itertools.cycle(legs) if spec.interleave else itertools.repeat(legs[0])
     remaining = itertools.count()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 COLUMNS = (
@@ -35,6 +35,8 @@ class Row:
     cpu_seconds: float | None = None
     peak_rss_mib: float | None = None
     errors: int = 0
+    # Raw figures other rows are computed from (``transport_parity``); not shown.
+    figures: dict[str, float] = field(default_factory=dict)
 
     def cells(self) -> list[str]:
         verdict = {True: " (met)", False: " (MISSED)", None: ""}[self.met]
@@ -102,3 +104,30 @@ def _cores() -> int:
     import os
 
     return len(os.sched_getaffinity(0))
+
+
+def transport_parity(rows: list[Row], base: str = "SSE", other: str = "WebSocket") -> list[Row]:
+    """A row comparing the saturation rows of two transports of this run, if both ran:
+    ``other``'s tokens/s within 20% of ``base``'s (and its CPU per token, shown)."""
+    found = {
+        label: row
+        for row in rows
+        for label in (base, other)
+        if row.scenario.startswith("saturation,") and row.scenario.endswith(f"({label})")
+    }
+    if len(found) < 2 or not all(row.figures for row in found.values()):
+        return []
+    a, b = found[base].figures, found[other].figures
+    rate = b["tokens_per_s"] / a["tokens_per_s"]
+    cpu = b["cpu_us_per_token"] / a["cpu_us_per_token"]
+    return [
+        Row(
+            f"saturation, {other} against {base}",
+            "content tokens/s, same run",
+            f"{a['tokens_per_s']:,.0f} ({base})",
+            f"{b['tokens_per_s']:,.0f} ({other})",
+            f"x{rate:.2f} (CPU per token x{cpu:.2f})",
+            "≥ x0.80",
+            rate >= 0.8,
+        )
+    ]

@@ -61,14 +61,29 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid``'s live children, theirs, and so on (workers, their audit writers)."""
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def serving_processes(pid: int) -> list[int]:
+    """The processes that serve requests: ``pid`` itself, or with ``--workers N``
+    its workers (the children that have an audit writer child of their own)."""
+    return [child for child in children(pid) if children(child)] or [pid]
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds so far of a process and its live children.
+    """User + system CPU seconds so far of a process and its live descendants.
 
     The gateway's audit writer is a child process for the gateway's whole
-    life, so a difference of two readings counts its work too.
+    life (with ``--workers N``: each worker's, below the worker), so a
+    difference of two readings counts its work too.
     """
     total = 0
-    for each in [pid, *children(pid)]:
+    for each in [pid, *descendants(pid)]:
         try:
             fields = _stat_fields(each)
         except OSError:
@@ -157,6 +172,7 @@ class Workspace:
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sluice-bench-")))
     extra: dict[str, str] = field(default_factory=dict)  # --gateway-env settings
+    workers: int | None = None  # sluice_serve --workers; None: its default
 
     def env(self, **overrides: str) -> dict[str, str]:
         from cryptography.fernet import Fernet
@@ -169,6 +185,7 @@ class Workspace:
             DJANGO_SETTINGS_MODULE="gateway.settings",
             SECRET_KEY="bench-secret-key-" + "x" * 40,
             SLUICE_ENCRYPTION_KEY=key_file.read_text(),
+            SLUICE_AUDIT_SIGNING_KEY="YmVuY2gtYXVkaXQtc2lnbmluZy1rZXktMzItYnl0ZXM=",
             DATABASE_URL=f"sqlite:///{self.root / 'bench.sqlite3'}",
             SLUICE_VAR_DIR=str(self.root),
             SLUICE_UPSTREAM_MAX_CONNECTIONS="4000",
@@ -212,10 +229,10 @@ def create_routes(base_url: str, upstream_models: list[str]) -> dict[str, str]:
     return routes
 
 
-def fetch_token(base_url: str, client_id: str, secret: str) -> str:
+def fetch_token(base_url: str, client_id: str, secret: str, scope: str = "chat") -> str:
     response = httpx.post(
         f"{base_url}/o/token/",
-        data={"grant_type": "client_credentials", "scope": "chat"},
+        data={"grant_type": "client_credentials", "scope": scope},
         auth=(client_id, secret),
         timeout=10,
     )
@@ -282,4 +299,17 @@ def start_upstream(workspace: Workspace) -> Process:
 
 
 def start_gateway(workspace: Workspace, server: str, **env: str) -> Process:
-    return start_process(server, SERVERS[server], workspace.env(**env), workspace.root)
+    args = SERVERS[server]
+    if server == "uvicorn" and workspace.workers is not None:
+        args = [*args[:2], "--workers", str(workspace.workers), *args[2:]]
+    gateway = start_process(server, args, workspace.env(**env), workspace.root)
+    # The port answers once one worker listens (each has a socket of its own):
+    # wait for all of them, so no scenario starts on fewer.
+    deadline = time.monotonic() + 30
+    while len(serving_processes(gateway.pid)) < (workspace.workers or 1):
+        if time.monotonic() > deadline:
+            gateway.stop()
+            raise RuntimeError(f"fewer than {workspace.workers} workers after 30 s")
+        time.sleep(0.1)
+    time.sleep(0.5 if workspace.workers else 0)
+    return gateway

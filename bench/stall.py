@@ -256,7 +256,8 @@ def stalled(bench: Bench, server: str = "uvicorn", runs: int | None = None) -> l
             "RSS over idle after the stream expired (MiB)",
             f"{f.fast_after:.1f}",
             f"{f.stalled_after:.1f}",
-            f"{f.stalled_after / f.stalled_growth:.0%} of the stalled stream's growth stays",
+            # A quick run's stalled stream can leave no growth to speak of.
+            f"{f.stalled_after / max(f.stalled_growth, 0.01):.0%} of the stalled growth stays",
             "falls back: ≤ 25% of the growth stays",
             f.stalled_after <= 0.25 * f.stalled_growth,
             errors=errors,

@@ -3,11 +3,13 @@
 http: the /v1/ streaming API goes straight to its ASGI endpoints; everything
 else (admin, /o/ OAuth2, /metrics, pages) goes to Django.
 websocket: the token middleware, then the stream consumer.
-lifespan: starts the audit writer's process and the revocation listener, and
+lifespan: starts the audit writer's process, its upkeep thread (checkpoints,
+pruning), the revocation listener and the instance watch (heartbeat,
+interrupted requests of dead instances), and
 keeps the garbage collector out of the way (start-up objects frozen, young
 collections rarer); at the end, stops the listeners, closes the upstream pool
-and Redis clients and stops the audit writer once it has written what it was
-given.
+and Redis clients, stops the audit writer once it has written what it was
+given, and takes this worker's live gauges out of the metrics' sums.
 """
 
 from __future__ import annotations
@@ -50,10 +52,18 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
     from django.conf import settings
 
     from accounts import revocation
+    from audit.maintenance import audit_maintenance_start, audit_maintenance_stop
     from audit.writer import audit_writer_stop, audit_writer_use_process
     from gateway.redis import close_async_clients
+    from streaming.core.deliveries import notes_written
     from streaming.core.memory import map_large_buffers
+    from streaming.core.recovery import start_instance_watch, stop_instance_watch
     from streaming.core.redis_log import stop_cancel_listener
+    from streaming.core.session import submit_waiting_audits
+    from streaming.core.shutdown import hand_over_with, wait_drained
+    from streaming.core.shutdown import install as hear_shutdown
+    from streaming.core.takeover import hand_over, start_takeover, stop_takeover
+    from streaming.observability.export import process_exiting
     from streaming.observability.livestats import ensure_ticker
     from streaming.providers.pool import close_upstream_pool
 
@@ -66,15 +76,27 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
             map_large_buffers()
             ensure_ticker()  # every worker publishes its live numbers from the start
             revocation.ensure_listener()  # revocations published by other processes end here
+            audit_maintenance_start()  # signed checkpoints and pruning, on their timers
+            start_instance_watch()  # heartbeat; completes requests dead instances left open
+            start_takeover()  # heartbeat of this worker's streams; carries on lost instances' ones
+            hand_over_with(hand_over)  # what the grace period's end does to a running stream
+            hear_shutdown(asyncio.get_running_loop())  # SIGTERM: drain, hand streams over
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await wait_drained()  # streams still running at the grace are handed over first
+            await stop_takeover()
             await revocation.stop_listener()
+            await asyncio.to_thread(audit_maintenance_stop)
+            await asyncio.to_thread(stop_instance_watch)
             await close_upstream_pool()
             await stop_cancel_listener()  # it would reconnect the clients closed next
             await close_async_clients()
+            submit_waiting_audits()  # records still waiting for their readers to close
+            await notes_written()
             # Writes what is queued, then ends the writer and its process: uvicorn
             # ends the process by its signal, and atexit handlers do not run then.
             await asyncio.to_thread(audit_writer_stop, 5.0)
+            process_exiting()  # several workers: this one's live gauges leave the sums
             await send({"type": "lifespan.shutdown.complete"})
             return
 

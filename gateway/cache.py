@@ -33,6 +33,11 @@ class SingleFlightCache(Generic[K, V]):
     A load that raises gives its exception to every waiter and keeps nothing.
     At most ``max_entries`` values are kept; keeping one more drops the oldest.
 
+    A load that raises one of ``stale_on`` (the database is unreachable) while
+    an expired value is still held, and ``stale_ok(value)``, gives that value
+    instead, kept ``stale_retry`` seconds more before the next load is tried:
+    hot paths keep working on what they last knew during an outage.
+
     ``invalidate`` drops entries; a load already under way is then neither kept
     nor joined by later misses, as it may have read what was just changed.
     Invalidation may come from other threads (signal handlers): writers take a
@@ -45,8 +50,14 @@ class SingleFlightCache(Generic[K, V]):
         ttl: Callable[[V], float],
         max_entries: int,
         clock: Callable[[], float] = time.monotonic,
+        stale_on: tuple[type[BaseException], ...] = (),
+        stale_ok: Callable[[V], bool] = lambda value: True,
+        stale_retry: float = 1.0,
     ) -> None:
         self.ttl = ttl
+        self.stale_on = stale_on
+        self.stale_ok = stale_ok
+        self.stale_retry = stale_retry
         self.max_entries = max_entries
         self.clock = clock
         # key -> (value, deadline); insertion order is age order.
@@ -60,7 +71,20 @@ class SingleFlightCache(Generic[K, V]):
         entry = self._entries.get(key)
         if entry is not None and entry[1] > self.clock():
             return entry[0]
-        return await asyncio.shield(self._load_task(key, load))
+        try:
+            return await asyncio.shield(self._load_task(key, load))
+        except self.stale_on:
+            if entry is None or not self.stale_ok(entry[0]) or not self._hold(key, entry):
+                raise
+            return entry[0]
+
+    def _hold(self, key: K, entry: tuple[V, float]) -> bool:
+        """Keep a stale ``entry`` a little longer, unless it was invalidated meanwhile."""
+        with self._lock:
+            if self._entries.get(key) is not entry:
+                return False
+            self._entries[key] = (entry[0], self.clock() + self.stale_retry)
+        return True
 
     def peek(self, key: K) -> V | None:
         """The fresh cached value for ``key``, or None; never loads."""

@@ -56,6 +56,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "gateway.database.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "gateway.urls"
@@ -143,7 +144,11 @@ STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "templates" / "static"]
 
 OAUTH2_PROVIDER = {
-    "SCOPES": {"chat": "Stream chat completions", "admin": "Manage the gateway"},
+    "SCOPES": {
+        "chat": "Stream chat completions",
+        "admin": "Manage the gateway",
+        "audit:read": "Read, search and export the audit trail",
+    },
     "DEFAULT_SCOPES": ["chat"],
     "ACCESS_TOKEN_EXPIRE_SECONDS": envint("SLUICE_TOKEN_EXPIRE_SECONDS", 3600, minimum=60),
     "PKCE_REQUIRED": True,
@@ -211,6 +216,34 @@ SLUICE_LOG_CONTENT = envbool("SLUICE_LOG_CONTENT", False)
 SLUICE_AUDIT_QUEUE_SIZE = envint("SLUICE_AUDIT_QUEUE_SIZE", 10_000, minimum=1)
 # Served gateway: audit rows are built and stored by a child process.
 SLUICE_AUDIT_PROCESS = envbool("SLUICE_AUDIT_PROCESS", True)
+# Tamper evidence: the Ed25519 seed (base64 of 32 bytes) that signs checkpoints
+# of the audit chain, and the public keys (base64) of earlier seeds, still trusted.
+SLUICE_AUDIT_SIGNING_KEY = envsecret(
+    "SLUICE_AUDIT_SIGNING_KEY", dev_default=_dev.get("SLUICE_AUDIT_SIGNING_KEY")
+)
+SLUICE_AUDIT_VERIFY_KEYS = envlist("SLUICE_AUDIT_VERIFY_KEYS")
+# Served gateway: a signed checkpoint this often when the chain grew (0: never).
+SLUICE_AUDIT_CHECKPOINT_SECONDS = envfloat("SLUICE_AUDIT_CHECKPOINT_SECONDS", 300.0, minimum=0)
+# Records are kept this many days unless their app says otherwise.
+SLUICE_AUDIT_RETENTION_DAYS = envint("SLUICE_AUDIT_RETENTION_DAYS", 365, minimum=1)
+# Served gateway: prune expired records this often, one instance at a time (0: never).
+SLUICE_AUDIT_PRUNE_SECONDS = envfloat("SLUICE_AUDIT_PRUNE_SECONDS", 3600.0, minimum=0)
+# This gateway instance's name in audit records and heartbeats (default host:pid:random).
+SLUICE_INSTANCE_ID = envstr("SLUICE_INSTANCE_ID")
+# While the database is unreachable, audit batches wait in a local file here.
+SLUICE_AUDIT_SPOOL_DIR = Path(envstr("SLUICE_AUDIT_SPOOL_DIR", str(VAR_DIR / "audit-spool")))
+SLUICE_AUDIT_SPOOL_MAX_BYTES = envint("SLUICE_AUDIT_SPOOL_MAX_BYTES", 1 << 30, minimum=1)
+# When the spool is full: "refuse" new requests (503 audit_unavailable) or "drop" records.
+SLUICE_AUDIT_SPOOL_FULL = envstr("SLUICE_AUDIT_SPOOL_FULL", "refuse")
+if SLUICE_AUDIT_SPOOL_FULL not in ("refuse", "drop"):
+    raise ImproperlyConfigured("SLUICE_AUDIT_SPOOL_FULL must be 'refuse' or 'drop'")
+# An instance whose heartbeat is older than this is dead (its requests: interrupted).
+SLUICE_INSTANCE_DEAD_SECONDS = envfloat("SLUICE_INSTANCE_DEAD_SECONDS", 30.0, minimum=1)
+# Redis mode: a stream whose instance sent no heartbeat for this long is
+# carried on by another (streaming.core.takeover); 0 turns takeover off.
+SLUICE_TAKEOVER_SECONDS = envfloat("SLUICE_TAKEOVER_SECONDS", 3.0, minimum=0)
+# SIGTERM: how long running streams may go on before they are handed over.
+SLUICE_SHUTDOWN_GRACE_SECONDS = envfloat("SLUICE_SHUTDOWN_GRACE_SECONDS", 30.0, minimum=0)
 # Served gateway: objects allocated (net) between two young garbage collections.
 SLUICE_GC_YOUNG_THRESHOLD = envint("SLUICE_GC_YOUNG_THRESHOLD", 10_000, minimum=1)
 
@@ -227,6 +260,9 @@ SLUICE_BODY_TIMEOUT_SECONDS = envfloat("SLUICE_BODY_TIMEOUT_SECONDS", 30.0, mini
 SLUICE_KEEPALIVE_SECONDS = envint("SLUICE_KEEPALIVE_SECONDS", 5, minimum=1)
 # A WebSocket that sent no message and follows no stream this long is closed (4408).
 SLUICE_WS_IDLE_SECONDS = envfloat("SLUICE_WS_IDLE_SECONDS", 120.0, minimum=0.05)
+# permessage-deflate on WebSocket, if the client offers it (browsers do): off, like
+# the SSE responses, as it nearly doubles the CPU a token costs (docs/configuration.md).
+SLUICE_WS_COMPRESSION = envbool("SLUICE_WS_COMPRESSION", False)
 # Open connections (HTTP and WebSocket) per client address; 0: no cap. Peers in
 # SLUICE_TRUSTED_PROXIES are not capped.
 SLUICE_MAX_CONNECTIONS_PER_CLIENT = envint("SLUICE_MAX_CONNECTIONS_PER_CLIENT", 256, minimum=0)

@@ -21,11 +21,14 @@ The file format (YAML or JSON)::
         limits: {requests_per_minute: 60, tokens_per_minute: 100000,
                  concurrent_streams: 10, max_tokens: 4096, max_tokens_mode: clamp,
                  monthly_tokens: 5000000, monthly_cost_usd: 200}
+        audit: {audit_retention_days: 90, redact_emails: true, redact_cards: true,
+                redact_patterns: ["ACME-\\d{6}"]}   # optional; stored after redaction
 
 Keys are only ever referenced by environment variable name; export never
 includes a secret. Import is idempotent: it updates by name, and a route's
 targets are replaced by the file's list, a price is updated by provider and
-model, and an app's limits are the file's (a missing limit means none). What
+model, and an app's limits and audit settings are the file's (a missing limit
+means none, a missing audit setting its default). What
 the file leaves out is kept.
 """
 
@@ -36,7 +39,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from accounts.models import LIMIT_FIELDS, AppPolicy, MaxTokensMode
+from accounts.models import AUDIT_FIELDS, LIMIT_FIELDS, AppPolicy, MaxTokensMode
 from accounts.services import app_ensure
 from streaming.models import ModelPrice, ModelRoute, Provider, RouteTarget
 
@@ -140,20 +143,33 @@ def _import_price(item: dict[str, Any], where: str) -> str:
     return "created" if created else "updated"
 
 
+# What an app's audit settings are when the file does not give them.
+_AUDIT_DEFAULTS: dict[str, Any] = {
+    "audit_retention_days": None,
+    "redact_emails": False,
+    "redact_cards": False,
+    "redact_patterns": [],
+}
+
+
 def _import_app(item: dict[str, Any], where: str) -> str:
     name = _require(item, "name", where)
-    unknown = set(item) - {"name", "models", "limits"}
+    unknown = set(item) - {"name", "models", "limits", "audit"}
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}")
     limits = item.get("limits") or {}
     if not isinstance(limits, dict) or set(limits) - set(LIMIT_FIELDS):
         raise ConfigError(f"{where}.limits: unknown limit(s), expected some of {LIMIT_FIELDS}")
+    audit = item.get("audit") or {}
+    if not isinstance(audit, dict) or set(audit) - set(AUDIT_FIELDS):
+        raise ConfigError(f"{where}.audit: unknown setting(s), expected some of {AUDIT_FIELDS}")
     app, secret = app_ensure(name=name, scopes=["chat"])  # the secret is never shown: none
     policy = AppPolicy.of(app)
     values = {field: limits.get(field) for field in LIMIT_FIELDS}
     values["max_tokens_mode"] = limits.get("max_tokens_mode") or MaxTokensMode.CLAMP
     values["allowed_models"] = item.get("models") or []
-    _apply(policy, values, (*LIMIT_FIELDS, "allowed_models"), where)
+    values.update({field: audit.get(field, _AUDIT_DEFAULTS[field]) for field in AUDIT_FIELDS})
+    _apply(policy, values, (*LIMIT_FIELDS, *AUDIT_FIELDS, "allowed_models"), where)
     return "updated" if secret is None else "created"
 
 
@@ -167,10 +183,16 @@ def _export_app(policy: AppPolicy) -> dict[str, Any]:
             limits[field] = float(value) if field == "monthly_cost_usd" else value
     if policy.max_tokens is not None:
         limits["max_tokens_mode"] = policy.max_tokens_mode
+    audit = {
+        field: getattr(policy, field)
+        for field in AUDIT_FIELDS
+        if getattr(policy, field) != _AUDIT_DEFAULTS[field]
+    }
     return {
         "name": policy.application.name,
         "models": list(policy.allowed_models),
         "limits": limits,
+        **({"audit": audit} if audit else {}),
     }
 
 

@@ -45,6 +45,11 @@ class Provider(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every provider's name (what an audit record's ``provider`` holds)."""
+        return list(cls.objects.order_by("name").values_list("name", flat=True))
+
     def clean(self) -> None:
         """The rules every way in (admin form, config import) checks alike."""
         needs_url = self.kind in (self.Kind.OPENAI, self.Kind.ANTHROPIC)

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from streaming import dashboard, spend
+from streaming import dashboard, spend, tail
 
 app_name = "sluice"
 
@@ -12,4 +12,6 @@ urlpatterns = [
     path("playground/", dashboard.playground_page, name="playground"),
     path("playground/ticket", dashboard.playground_ticket, name="playground-ticket"),
     path("spend/", spend.spend_page, name="spend"),
+    path("tail/<str:stream_id>/", tail.tail_page, name="tail"),
+    path("tail/<str:stream_id>/events", tail.tail_events, name="tail-events"),
 ]

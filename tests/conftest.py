@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ import httpx
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
-from tests.live import GatewayServer, server_env
+from tests.live import GatewayServer, free_port, server_env
 
 _names = itertools.count(1)
 
@@ -224,14 +226,45 @@ def demo_model(make_route: Callable[..., str]) -> str:
     return make_route(("demo", "", "demo"), prefix="demo")
 
 
-def wait_for_audit(request_id: str, timeout: float = 10.0) -> Any:
-    """The audit record the gateway wrote for a request (written off the hot path)."""
+def wait_for_audit(request_id: str, timeout: float = 10.0, *, final: bool = True) -> Any:
+    """The audit record the gateway wrote for a request (written off the hot path);
+    with ``final``, once it is complete (not the write-ahead, ``in_progress``)."""
     from audit.models import AuditRecord
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = AuditRecord.objects.filter(request_id=request_id).first()
-        if record is not None:
+        if record is not None and not (final and record.outcome == "in_progress"):
             return record
         time.sleep(0.05)
     raise AssertionError(f"no audit record for {request_id} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private redis-server for tests of shared state (skipped when not installed)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)

@@ -44,6 +44,8 @@ class GatewayServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     scheme: str = "http"
+    # sluice_serve --workers; None: the command's default (the cores, with Redis)
+    workers: int | None = 1
 
     @property
     def url(self) -> str:
@@ -61,6 +63,7 @@ class GatewayServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *([] if self.workers is None else ["--workers", str(self.workers)]),
             ],
             cwd=ROOT,
             env=self.env,

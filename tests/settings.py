@@ -9,6 +9,11 @@ import tempfile
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
 os.environ.setdefault("SLUICE_ENCRYPTION_KEY", "dGVzdC1lbmNyeXB0aW9uLWtleS0zMi1ieXRlcy0hISE=")
+# base64 of a 32-byte Ed25519 seed, for audit checkpoints.
+os.environ.setdefault("SLUICE_AUDIT_SIGNING_KEY", "dGVzdC1hdWRpdC1zaWduaW5nLWtleS0zMmJ5dGVzISE=")
+# Served gateways sign checkpoints and prune only where a test asks them to.
+os.environ.setdefault("SLUICE_AUDIT_CHECKPOINT_SECONDS", "0")
+os.environ.setdefault("SLUICE_AUDIT_PRUNE_SECONDS", "0")
 os.environ.setdefault("SLUICE_VAR_DIR", tempfile.mkdtemp(prefix="sluice-test-"))
 
 from gateway.settings import *  # noqa: F403

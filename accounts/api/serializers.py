@@ -7,7 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from accounts.models import LIMIT_FIELDS, AppPolicy, AppToken, validate_name_list
+from accounts.models import AUDIT_FIELDS, LIMIT_FIELDS, AppPolicy, AppToken, validate_name_list
 from accounts.tokens import parse_expiry, validate_token_scopes
 
 
@@ -37,6 +37,7 @@ class AppSerializer(serializers.ModelSerializer):
             "scopes",
             "models",
             *LIMIT_FIELDS,
+            *AUDIT_FIELDS,
             "created",
             "updated",
         )

@@ -17,7 +17,13 @@ from audit.records import AuditEntry
 from audit.writer import audit_submit
 from streaming.core.admission import Admission
 from streaming.core.events import Failure
-from streaming.core.outcome import new_audit, record_failure, served_headers
+from streaming.core.outcome import (
+    INTERNAL_ERROR,
+    new_audit,
+    record_failure,
+    served_headers,
+    write_ahead,
+)
 from streaming.observability import metrics
 from streaming.observability.logging import bind
 from streaming.providers import EmbeddingRequest, Embeddings, UpstreamError
@@ -73,10 +79,11 @@ class EmbeddingCall:
         recorded and raised."""
         audit = self.audit
         bind(embedding_id=self.id)
+        write_ahead(audit)
         result = None
         try:
             result = await route_embeddings(self.route, self.request, audit)
-            audit.outcome = "completed"
+            audit.outcome, audit.status_code = "completed", 200
             audit.usage = dict(result.usage)
             audit.response_text = _summary(result)
         except UpstreamError as error:
@@ -86,7 +93,8 @@ class EmbeddingCall:
             raise
         except Exception:
             logger.exception("embeddings %s failed", self.id)
-            audit.outcome, audit.error_class = "upstream_error", "internal_error"
+            audit.outcome, audit.error_class = "upstream_error", INTERNAL_ERROR
+            audit.status_code = 500
             self.failure = Failure(
                 500, "internal error", code="internal_error", type="server_error"
             )

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import orjson
 from django.conf import settings
 
-from streaming.core import memory
+from streaming.core import deliveries, memory
+from streaming.core.deliveries import Delivery
 from streaming.core.events import CHAT, START, Entry, Inbound
 from streaming.core.log import MemoryStreamLog
 from streaming.core.reader import follow
@@ -50,11 +51,13 @@ class EndedStream:
         start = self.log.last_of(START, max(cursor, 1))
         return orjson.loads(start)["model"] if start else ""
 
-    def attach(self, *, resumed: bool) -> None:
+    def attach(self, *, resumed: bool, delivery: Delivery | None = None) -> None:
         """Nothing to keep alive: the generation is over."""
 
-    def detach(self) -> None:
-        """See ``attach``."""
+    def detach(self, delivery: Delivery | None = None) -> None:
+        """Read after the record was made: the delivery is a note."""
+        if delivery is not None:
+            deliveries.note_delivery(self.id, delivery, self.log.last_seq)
 
     async def remaining(self, cursor: int) -> bool:
         """Whether events follow ``cursor``; CursorTrimmed if it is not in the log."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from streaming.core.events import END, ERROR, Entry
@@ -57,7 +57,7 @@ class MemoryStreamLog:
     (see streaming.core.memory). Reads copy the payloads they return.
     """
 
-    __slots__ = ("_data", "_ends", "_kinds", "_waiters", "ended", "limits")
+    __slots__ = ("_data", "_ends", "_kinds", "_waiters", "ended", "limits", "notify")
 
     def __init__(self, limits: LogLimits) -> None:
         self._data = bytearray()
@@ -68,6 +68,7 @@ class MemoryStreamLog:
         self._waiters: list[asyncio.Future[None]] | None = []  # None once ended
         self.limits = limits
         self.ended = False
+        self.notify: Callable[[], None] | None = None  # told of each append (its Redis mirror)
 
     @property
     def last_seq(self) -> int:
@@ -103,6 +104,8 @@ class MemoryStreamLog:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+        if self.notify is not None:
+            self.notify()
         return len(self._kinds)
 
     def read_after(self, cursor: int, max_bytes: int) -> Sequence[Entry]:
@@ -144,7 +147,7 @@ class MemoryStreamLog:
         data, ends, kinds = sealed
         log = cls(_SEALED)
         log._data, log._ends, log._kinds = data, memoryview(ends).cast("Q"), kinds
-        log.ended, log._waiters = True, None
+        log.ended, log._waiters, log.notify = True, None, None
         return log
 
     def last_of(self, kind: int, cursor: int) -> bytes | None:

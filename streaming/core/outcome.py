@@ -5,12 +5,41 @@ served it and how it came to."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
+from accounts import revocation
 from accounts.identity import AppIdentity
+from audit.instance import instance_id
 from audit.records import AuditEntry
+from audit.writer import audit_submit
 from streaming.core.events import Failure
 from streaming.providers import UpstreamError
+
+# A record's error class when the gateway itself ended the request, beside an
+# UpstreamError's and an access revocation's (accounts.revocation).
+INTERNAL_ERROR = "internal_error"
+LOG_FULL = "log_full"
+INSTANCE_LOST = "instance_lost"
+_GATEWAY_ERRORS = (INTERNAL_ERROR, LOG_FULL, INSTANCE_LOST)
+_REVOCATIONS = (
+    revocation.TOKEN_REVOKED,
+    revocation.TOKEN_EXPIRED,
+    revocation.APP_DISABLED,
+    revocation.APP_DELETED,
+)
+
+
+def error_classes() -> list[str]:
+    """Every error class a record can carry (what the audit changelist offers)."""
+    found: set[str] = set()
+    kinds: list[type[UpstreamError]] = [UpstreamError]
+    while kinds:
+        kind = kinds.pop()
+        kinds.extend(kind.__subclasses__())
+        if "error_class" in vars(kind):  # a grouping class (TargetFailure) has none
+            found.add(kind.error_class)
+    return sorted(found.union(_GATEWAY_ERRORS, _REVOCATIONS))
 
 
 def new_audit(
@@ -37,7 +66,19 @@ def new_audit(
         client_ip=client_ip,
         request_messages=messages,
         request_params=params,
+        redact=identity.redact,
+        instance=instance_id(),
     )
+
+
+def write_ahead(audit: AuditEntry) -> None:
+    """Submit the record of a request just accepted, as ``in_progress``.
+
+    A copy: the caller goes on filling its own entry, and its final
+    submission completes the record. Should this instance die first, another
+    one completes it as ``interrupted`` (``streaming.core.recovery``).
+    """
+    audit_submit(replace(audit, outcome="in_progress", attempts=[], tool_calls=[], usage={}))
 
 
 def record_failure(audit: AuditEntry, error: UpstreamError) -> Failure:

@@ -17,6 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
+from streaming.core.deliveries import Delivery
 from streaming.core.events import Entry, Failure, Inbound
 from streaming.core.log import CursorTrimmed, MemoryStreamLog
 
@@ -185,9 +186,10 @@ class StreamHandle(Protocol):
         self, cursor: int, *, keepalive: float | None = None
     ) -> AsyncIterator[Sequence[Entry] | None]: ...
 
-    def attach(self, *, resumed: bool) -> None: ...
+    def attach(self, *, resumed: bool, delivery: Delivery | None = None) -> None: ...
 
-    def detach(self) -> None: ...
+    def detach(self, delivery: Delivery | None = None) -> None:
+        """A reader closed; its ``delivery`` (what it was given) goes to the audit."""
 
     def outcome_now(self) -> str: ...
 
@@ -238,7 +240,17 @@ class Reader(Generic[T]):
     with its reason: completed, cancelled, error, slow_client, client_gone or broken.
     """
 
-    __slots__ = ("cursor", "encoder", "handle", "keepalive", "observers", "resumed", "size")
+    __slots__ = (
+        "cursor",
+        "delivery",
+        "encoder",
+        "handle",
+        "keepalive",
+        "observers",
+        "resumed",
+        "size",
+        "stop_reason",
+    )
 
     def __init__(
         self,
@@ -250,6 +262,9 @@ class Reader(Generic[T]):
         size: Callable[[T], int],
         keepalive: float | None = None,
         observers: Sequence[ReaderObserver] = (),
+        transport: str = "",
+        actor: str = "",
+        resumed_from: int | None = None,
     ) -> None:
         self.handle, self.cursor, self.encoder = handle, cursor, encoder
         self.resumed, self.size, self.keepalive, self.observers = (
@@ -258,12 +273,23 @@ class Reader(Generic[T]):
             keepalive,
             observers,
         )
+        # For the audit: the wire protocol, who reads, and the client's own
+        # cursor where it is not the log's (Responses, Messages).
+        self.delivery = Delivery(
+            transport,
+            actor,
+            cursor,
+            resumed=resumed,
+            resumed_from=cursor if resumed_from is None else resumed_from,
+        )
+        self.stop_reason = ""  # set by the transport before it cancels the reader (revoked)
 
     async def run(self, send: Callable[[T], Awaitable[Any]], *, stall: float) -> None:
         handle, encoder, size = self.handle, self.encoder, self.size
         watch = SendWatch(stall)
         reason = "error"
-        handle.attach(resumed=self.resumed)
+        delivery = self.delivery
+        handle.attach(resumed=self.resumed, delivery=delivery)
         for observer in self.observers:
             observer.opened()
         try:
@@ -272,13 +298,15 @@ class Reader(Generic[T]):
                 watch.sending()
                 await send(data)
                 watch.sent()
+                if batch is not None:  # the last one sent: the delivery counts from it
+                    delivery.batch = batch
                 for observer in self.observers:
                     observer.sent(size(data))
                 del data  # sent: not held while the next batch is read and encoded
             reason = end_reason(handle.outcome_now())
         except asyncio.CancelledError:
             if not watch.fired:
-                reason = "client_gone"
+                reason = self.stop_reason or "client_gone"
                 raise
             watch.task.uncancel()
             reason = "slow_client"
@@ -290,7 +318,8 @@ class Reader(Generic[T]):
             raise
         finally:
             watch.cancel()
-            handle.detach()
+            delivery.close(reason)
+            handle.detach(delivery)
             for observer in self.observers:
                 observer.closed(reason)
         if reason == "slow_client":

@@ -1,10 +1,10 @@
 """The StreamLog's copy in Redis, so another instance can resume a stream.
 
-The producing instance keeps serving its own readers from memory; a
-``RedisMirror`` copies the log to a Redis Stream in small batches, off the
-hot path (one pipeline every SLUICE_REDIS_BATCH_SECONDS, never one round
-trip per token). Entry ids are ``<seq>-0``, so a reader's cursor is a Redis
-stream id. A ``RemoteStream`` is the view of a stream produced elsewhere:
+The producing instance keeps serving its own readers from memory;
+``streaming.core.mirror`` copies the log to a Redis Stream in batches, off
+the hot path (one pipeline for all of a worker's streams a round, never one
+round trip per token). Entry ids are ``<seq>-0``, so a reader's cursor is a
+Redis stream id. A ``RemoteStream`` is the view of a stream produced elsewhere:
 replay with XRANGE, then follow with a blocking XREAD on its own connection
 pool (a blocking read holds its connection).
 
@@ -23,19 +23,22 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import orjson
 import redis.asyncio as redis
 from django.conf import settings
 
 from gateway.redis import FOLLOW_BLOCK_SECONDS, async_client
 from gateway.redis import redis_enabled as redis_enabled  # session.py asks redis_log for it
-from streaming.core.events import CHAT, END, START, Entry, Inbound
-from streaming.core.log import CursorTrimmed, MemoryStreamLog
-from streaming.observability.logging import warn_throttled
+from streaming.core import deliveries
+from streaming.core.deliveries import Delivery
+from streaming.core.events import END, Entry, Inbound
+from streaming.core.log import CursorTrimmed
 
 logger = logging.getLogger("sluice.redis")
 
 CANCEL_CHANNEL = "sluice:cancel"
+# Every running stream's id, scored by its owner's last heartbeat (streaming.core.takeover).
+RUNNING_KEY = "sluice:streams:running"
+_AT_END = frozenset(("completed", "cancelled", "error"))  # a reader's close reasons at END
 _listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
 
@@ -53,86 +56,14 @@ def _keys(stream_id: str) -> tuple[str, str, str]:
     return f"{base}:log", f"{base}:meta", f"{base}:readers"
 
 
-class RedisMirror:
-    """Copies one session's log to Redis in batches until the log ends."""
+def meta_key(stream_id: str) -> str:
+    """A stream's meta hash: its app, model, status (and, with takeover, its request)."""
+    return _keys(stream_id)[1]
 
-    def __init__(
-        self,
-        stream_id: str,
-        log: MemoryStreamLog,
-        *,
-        app_id: int,
-        model: str,
-        created: int,
-        inbound: Inbound = CHAT,
-    ) -> None:
-        self.stream_id = stream_id
-        self.inbound = inbound
-        self.log = log
-        self.app_id = app_id
-        self.model = model
-        self.created = created
-        self.task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        _, meta_key, _ = _keys(self.stream_id)
-        client = async_client()
-        mirrored = 0
-        try:
-            # Running streams keep their keys; the TTL starts when they end.
-            running_ttl = int(settings.SLUICE_STREAM_ABANDON_SECONDS) + 24 * 3600
-            await client.hset(
-                meta_key,
-                mapping={
-                    "app_id": self.app_id,
-                    "model": self.model,
-                    "created": self.created,
-                    "status": "running",
-                    "api": self.inbound.api,
-                    "echo": self.inbound.echo,
-                },
-            )
-            await client.expire(meta_key, running_ttl)
-            while True:
-                await self.log.wait_after(mirrored)
-                await asyncio.sleep(settings.SLUICE_REDIS_BATCH_SECONDS)
-                batch = self.log.read_after(mirrored, 1 << 30)
-                mirrored = batch[-1][0]
-                ended = batch[-1][1] == END
-                await self._write(client, batch, ended, running_ttl)
-                if ended:
-                    return
-        except (redis.RedisError, OSError) as error:
-            # Local readers are unaffected; only cross-instance resume is lost.
-            warn_throttled(
-                logger, "stream %s: redis mirror failed: %s", self.stream_id, type(error).__name__
-            )
-
-    async def _write(
-        self, client: redis.Redis, batch: Sequence[Entry], ended: bool, ttl: int
-    ) -> None:
-        log_key, meta_key, _ = _keys(self.stream_id)
-        async with client.pipeline(transaction=False) as pipe:
-            for seq, kind, payload in batch:
-                if kind == START:  # the model answering, for encoders of readers elsewhere
-                    pipe.hset(meta_key, "model", orjson.loads(payload)["model"])
-                pipe.xadd(
-                    log_key,
-                    {"k": kind, "d": payload},
-                    id=f"{seq}-0",
-                    maxlen=settings.SLUICE_STREAM_MAX_EVENTS,
-                    approximate=True,
-                )
-            if ended:
-                pipe.hset(meta_key, "status", "done")
-                pipe.expire(meta_key, settings.SLUICE_STREAM_TTL_SECONDS)
-                pipe.expire(log_key, settings.SLUICE_STREAM_TTL_SECONDS)
-            else:
-                pipe.expire(log_key, ttl)
-            await pipe.execute()
+def log_key(stream_id: str) -> str:
+    """The Redis Stream holding a stream's log (read by ``streaming.core.recovery``)."""
+    return _keys(stream_id)[0]
 
 
 class RemoteStream:
@@ -154,11 +85,15 @@ class RemoteStream:
     def outcome_now(self) -> str:
         return "completed"  # the outcome is the producer's; its events say how it ended
 
-    def attach(self, *, resumed: bool) -> None:
+    def attach(self, *, resumed: bool, delivery: Delivery | None = None) -> None:
         """The producer learns of readers elsewhere through ``…:readers`` (see follow)."""
 
-    def detach(self) -> None:
-        """See ``attach``."""
+    def detach(self, delivery: Delivery | None = None) -> None:
+        """Read on another instance than the record's: the delivery is a note
+        (what was generated is known if this reader saw the end)."""
+        if delivery is not None:
+            generated = delivery.last_seq if delivery.ended in _AT_END else None
+            deliveries.note_delivery(self.id, delivery, generated)
 
     @classmethod
     async def find(cls, stream_id: str) -> RemoteStream | None:
@@ -189,9 +124,12 @@ class RemoteStream:
         return [(_seq(eid), int(f[b"k"]), f[b"d"]) for eid, f in reply]
 
     async def follow(
-        self, cursor: int, *, keepalive: float | None = None
+        self, cursor: int, *, keepalive: float | None = None, watch: bool = False
     ) -> AsyncIterator[Sequence[Entry] | None]:
         """Like reader.follow, over Redis: XREAD from the cursor, blocking when caught up.
+
+        With ``watch`` (a staff member's live tail) it leaves no reader's mark:
+        a watcher does not keep a stream its clients abandoned alive.
 
         A finished stream's log holds every event up to END, so finding nothing
         after the cursor means its keys expired under the reader: that is
@@ -208,7 +146,7 @@ class RemoteStream:
         touched = 0.0
         count = max(1, max_batch_bytes // 256)
         while True:
-            if time.monotonic() - touched > abandon / 3:
+            if not watch and time.monotonic() - touched > abandon / 3:
                 await client.set(readers_key, b"1", ex=max(1, int(abandon)))
                 touched = time.monotonic()
             block = None if self.finished else block_ms
@@ -252,12 +190,22 @@ def ensure_cancel_listener(cancel_local: Callable[[str], None]) -> None:
 
 
 async def _listen(cancel_local: Callable[[str], None]) -> None:
+    await subscribe(CANCEL_CHANNEL, lambda data: cancel_local(data.decode()))
+
+
+async def subscribe(channel: str, on_message: Callable[[bytes], None]) -> None:
+    """Call ``on_message`` with each message published on ``channel``, for ever:
+    subscribed again a second after Redis fails (its connection let go first)."""
     while True:
+        pubsub = async_client().pubsub()
         try:
-            pubsub = async_client().pubsub()
-            await pubsub.subscribe(CANCEL_CHANNEL)
+            await pubsub.subscribe(channel)
             async for message in pubsub.listen():
                 if message.get("type") == "message":
-                    cancel_local(message["data"].decode())
+                    on_message(message["data"])
         except (redis.RedisError, OSError):
-            await asyncio.sleep(1.0)
+            pass
+        finally:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await pubsub.aclose()
+        await asyncio.sleep(1.0)

@@ -22,10 +22,12 @@ from django.conf import settings
 
 from accounts import revocation
 from accounts.identity import AppIdentity
-from audit.records import AttemptEntry
+from audit.records import AttemptEntry, AuditEntry
 from audit.writer import audit_submit
-from streaming.core import finished, redis_log
+from streaming.core import deliveries, finished, redis_log
 from streaming.core.admission import Admission
+from streaming.core.deliveries import Delivery
+from streaming.core.durable import DurableView
 from streaming.core.events import (
     CHAT,
     END,
@@ -38,8 +40,18 @@ from streaming.core.events import (
     start_event,
 )
 from streaming.core.log import LogLimits, MemoryStreamLog, StreamLogFull
-from streaming.core.outcome import new_audit, record_failure, served_headers
+from streaming.core.mirror import RedisMirror
+from streaming.core.outcome import (
+    INSTANCE_LOST,
+    INTERNAL_ERROR,
+    LOG_FULL,
+    new_audit,
+    record_failure,
+    served_headers,
+    write_ahead,
+)
 from streaming.core.reader import follow
+from streaming.core.takeover_state import Adopted, registration
 from streaming.core.transcript import Transcript
 from streaming.observability import metrics
 from streaming.observability.logging import bind, stream_end_fields
@@ -50,6 +62,7 @@ from streaming.routing.routes import ResolvedRoute
 logger = logging.getLogger("sluice.stream")
 
 _sessions: dict[str, StreamSession] = {}  # running; finished ones are in streaming.core.finished
+_waiting: set[StreamSession] = set()  # ended, their records waiting for readers to close
 
 
 def new_stream_id(prefix: str = "chatcmpl-") -> str:
@@ -71,8 +84,10 @@ class StreamSession:
         id_prefix: str = "chatcmpl-",
         background: bool = False,
         admission: Admission | None = None,
+        stream_id: str | None = None,
     ) -> None:
-        self.id = new_stream_id(id_prefix)
+        # A stream taken over from a lost instance keeps its id (streaming.core.takeover).
+        self.id = stream_id or new_stream_id(id_prefix)
         # What the app's limits reserved for it; settled when it ends, however it ends.
         self.admission = admission
         self.inbound = inbound
@@ -87,10 +102,19 @@ class StreamSession:
             settings.SLUICE_STREAM_MAX_EVENTS, settings.SLUICE_STREAM_MAX_BYTES
         )
         self.log = MemoryStreamLog(limits)
+        # With takeover on, local readers see what Redis holds (streaming.core.durable).
+        self.view: DurableView | None = None
+        self.mirror: RedisMirror | None = None  # its copy in Redis
+        self.adopted: Adopted | None = None  # what a lost instance left, once taken over
+        self.handing_over = False  # shutting down: stopped without END, for another to carry on
         self.transcript = Transcript()
         self.failure: Failure | None = None  # why it failed, once it has
         self.readers = 0
         self.resumes = 0
+        self.deliveries: list[Delivery] = []  # of its readers that closed
+        self._open: set[Delivery] = set()  # of its readers still reading
+        self._unsubmitted: AuditEntry | None = None  # ended, waiting for its readers
+        self._submit_timer: asyncio.TimerHandle | None = None
         self._abandon: asyncio.TimerHandle | None = None
         self._cancel_reason = ""
         self._revoked = ""  # why the identity behind it was revoked, if it was
@@ -110,21 +134,34 @@ class StreamSession:
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:
         _sessions[self.id] = self
-        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"stream {self.id}")
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._run(), name=f"stream {self.id}")
+        # After the task's first step has sent the upstream request: the copy
+        # and its pickling (~13 us) then overlap the wait for the first token.
+        # Should the final entry come first, it still wins (audit.services).
+        if self.adopted is None:  # a taken-over stream's record is there already
+            loop.call_soon(write_ahead, self.audit)
         self.task.add_done_callback(self._ensure_ended)
         # A revoked token or app stops its generations too (they are paid for);
         # a token's expiry does not: the request was made while it was valid.
         self._watch = revocation.watch(self.identity, self._revoke, until_expiry=False)
         if redis_log.redis_enabled():
-            mirror = redis_log.RedisMirror(
+            takeover = settings.SLUICE_TAKEOVER_SECONDS > 0
+            if takeover:
+                self.view = DurableView(self.log, self.adopted.seq if self.adopted else 0)
+            self.mirror = RedisMirror(
                 self.id,
                 self.log,
                 app_id=self.app_id,
                 model=self.route.model,
                 created=self.created,
                 inbound=self.inbound,
+                view=self.view,
+                registration=(lambda: registration(self)) if takeover else None,
+                resume_from=self.adopted.seq if self.adopted else 0,
             )
-            mirror.start()
+            self.mirror.on_fenced = self._fenced
+            self.mirror.start()
             redis_log.ensure_cancel_listener(cancel_local)
         self._arm_abandon()
 
@@ -175,25 +212,41 @@ class StreamSession:
         await self.log.wait_after(10**12)
 
     # -- readers ---------------------------------------------------------
-    def attach(self, *, resumed: bool) -> None:
+    def attach(self, *, resumed: bool, delivery: Delivery | None = None) -> None:
         self.readers += 1
         if resumed:
             self.resumes += 1
+        if delivery is not None:
+            self._open.add(delivery)
         if self._abandon is not None:
             self._abandon.cancel()
             self._abandon = None
 
-    def detach(self) -> None:
+    def detach(self, delivery: Delivery | None = None) -> None:
         self.readers -= 1
+        if delivery is not None:
+            self._delivered(delivery)
         if self.readers == 0:
             self._arm_abandon()
+
+    def _delivered(self, delivery: Delivery) -> None:
+        """A reader closed: its delivery goes with the record, or (the record
+        already submitted) into a note."""
+        self._open.discard(delivery)
+        if not self.finished or self._unsubmitted is not None:
+            self.deliveries.append(delivery)
+            if self._unsubmitted is not None and not self._open:
+                self._submit_audit()
+        else:
+            deliveries.note_delivery(self.id, delivery, self.log.last_seq)
 
     def follow(
         self, cursor: int, *, keepalive: float | None = None
     ) -> AsyncIterator[Sequence[Entry] | None]:
         """The log from ``cursor`` (see reader.follow); a Reader attaches around it."""
         buffer_bytes = settings.SLUICE_READER_BUFFER_BYTES
-        return follow(self.log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive)
+        log: Any = self.view or self.log  # the same read side (streaming.core.durable)
+        return follow(log, cursor, buffer_bytes=buffer_bytes, keepalive=keepalive)
 
     def _arm_abandon(self) -> None:
         if self.readers == 0 and not self.finished and not self.background:
@@ -250,7 +303,19 @@ class StreamSession:
         try:
             # Closed before the end, however it comes: closing settles the
             # attempts' usage and cost on the audit entry.
-            async with aclosing(route_stream(self.route, self.request, audit)) as bodies:
+            if self.adopted is not None and self.adopted.refusal is not None:
+                # Interrupted, as a lost instance's stream that is not carried on.
+                refusal = self.adopted.refusal
+                audit.outcome, audit.error_class = "interrupted", INSTANCE_LOST
+                audit.error_message = f"{audit.attempts[-1].error_message}: {refusal.message}"
+                self._fail(refusal)
+                return
+            if self.adopted is not None and self.adopted.progress.finished:
+                audit.outcome = "completed"  # the lost instance had it all but the END
+                return
+            progress = self.adopted.progress if self.adopted is not None else None
+            bodies_of = route_stream(self.route, self.request, audit, progress=progress)
+            async with aclosing(bodies_of) as bodies:
                 async for body in bodies:
                     self._append(body)
                     if audit.ttft_ms is None and has_output(body):
@@ -266,18 +331,49 @@ class StreamSession:
         except StreamLogFull as error:
             audit.outcome, audit.error_class, audit.error_message = (
                 "upstream_error",
-                "log_full",
+                LOG_FULL,
                 str(error),
             )
             self._fail(Failure(502, str(error), code="stream_too_large", type="server_error"))
         except asyncio.CancelledError:
+            if self.handing_over:
+                self._let_go_handed_over()
+                return
             self._record_cancel()
         except Exception:
             logger.exception("stream %s failed", self.id)
-            audit.outcome, audit.error_class = "upstream_error", "internal_error"
+            audit.outcome, audit.error_class = "upstream_error", INTERNAL_ERROR
             self._fail(Failure(500, "internal error", code="internal_error", type="server_error"))
         finally:
-            self._end()
+            if not self.handing_over:
+                self._end()
+
+    def _end_written(self) -> None:
+        if not self._open:
+            self._submit_audit()
+        else:
+            # Its readers are sending the last events: the record takes what
+            # they delivered once they close, or (slow ones) what they have so far.
+            loop = asyncio.get_running_loop()
+            self._submit_timer = loop.call_later(deliveries.WAIT_SECONDS, self._submit_audit)
+            _waiting.add(self)
+
+    def _fenced(self) -> None:
+        """Another instance took this stream over (this one was thought dead): stop."""
+        logger.warning("stream %s: taken over by another instance; stopping here", self.id)
+        self.handing_over = True
+        self._unsubmitted = None  # its taker writes the record
+        self.cancel("cancelled")
+
+    def _let_go_handed_over(self) -> None:
+        """Handed over at shutdown: no END, no record (its taker writes them)."""
+        if self._abandon is not None:
+            self._abandon.cancel()
+        if self._watch is not None:
+            self._watch.close()
+        if self.admission is not None:
+            self.admission.settle(self.audit)
+        _sessions.pop(self.id, None)
 
     def _record_cancel(self) -> None:
         reason = self._cancel_reason or "cancelled"
@@ -293,7 +389,7 @@ class StreamSession:
     def _ensure_ended(self, task: asyncio.Task[None]) -> None:
         # A task cancelled before it ever ran never enters _run's finally:
         # end the log here so readers are not left waiting.
-        if not self.log.ended:
+        if not self.log.ended and not self.handing_over:
             self._record_cancel()
             self._end()
 
@@ -302,8 +398,11 @@ class StreamSession:
             self._abandon.cancel()
         if self._watch is not None:
             self._watch.close()
-        self.log.append(END, b"")
         audit = self.audit
+        # What its client was answered with (a failure after the first token
+        # was still a 200), not the failure's own status.
+        audit.status_code = self._served_status() or audit.status_code
+        self.log.append(END, b"")
         self.transcript.fill(audit)
         audit.resumes = self.resumes
         audit.ended_at = time.time()
@@ -311,7 +410,13 @@ class StreamSession:
         if audit.attempts:
             audit.provider = audit.attempts[-1].provider
             audit.upstream_model = audit.attempts[-1].upstream_model
-        audit_submit(audit)
+        self._unsubmitted = audit
+        if self.mirror is not None and self.view is not None and not self.view.open:
+            # Final once its END is in Redis while this instance owns the stream:
+            # one taken over meanwhile gets its record from its taker.
+            self.mirror.on_end = self._end_written
+        else:
+            self._end_written()
         if self.admission is not None:
             self.admission.settle(audit)
         metrics.stream_ended(self)
@@ -323,6 +428,31 @@ class StreamSession:
             self.id, self.app_id, self.created, audit.outcome, self.log, ttl, inbound=self.inbound
         )
         self._let_go()
+
+    def _served_status(self) -> int | None:
+        """The HTTP status its client was answered with (as ``api._hold_first_event``
+        decides it): the failure's when the first event is an error, else 200;
+        None when nothing was logged (the client left before any answer)."""
+        if self.log.last_seq == 0:
+            return None
+        if self.log.read_after(0, 1)[0][1] != ERROR:
+            return 200
+        return self.failure.status if self.failure is not None else 502
+
+    def _submit_audit(self) -> None:
+        _waiting.discard(self)
+        audit, self._unsubmitted = self._unsubmitted, None
+        if self._submit_timer is not None:
+            self._submit_timer.cancel()
+            self._submit_timer = None
+        if audit is None:
+            return
+        generated = self.log.last_seq
+        # Readers still on are "open": how they end will be a note.
+        readers = sorted((*self.deliveries, *self._open), key=lambda d: d.connected_at)
+        audit.deliveries = [d.as_dict(generated) for d in readers]
+        self.deliveries = []
+        audit_submit(audit)
 
     def _let_go(self) -> None:
         """Drop what only the generation and its audit needed.
@@ -343,6 +473,12 @@ def cancel_local(stream_id: str) -> None:
     session = _sessions.get(stream_id)
     if session is not None:
         session.cancel("cancelled")
+
+
+def submit_waiting_audits() -> None:
+    """Submit now the records still waiting for their readers (at shutdown)."""
+    for session in list(_waiting):
+        session._submit_audit()
 
 
 def get_session(stream_id: str) -> StreamSession | finished.EndedStream | None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from audit.records import AuditEntry
+from streaming.core.events import FINISH, TEXT, TOOL_CALL, USAGE
 from streaming.routing.continuation import TextPieces
 
 
@@ -32,6 +35,21 @@ class Transcript:
                 self._add_tool_call(call)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+
+    def add_event(self, kind: int, payload: bytes) -> None:
+        """Fold one neutral log event (``streaming.core.events``) in, as ``add`` a chunk."""
+        if kind == TEXT:
+            self.parts.append(orjson.loads(payload))
+        elif kind == TOOL_CALL:
+            call = orjson.loads(payload)
+            function = {k: call[k] for k in ("name", "arguments") if k in call}
+            self._add_tool_call(
+                {"index": call.get("index", 0), "id": call.get("id"), "function": function}
+            )
+        elif kind == FINISH:
+            self.finish_reason = orjson.loads(payload)
+        elif kind == USAGE:
+            self.usage = orjson.loads(payload)
 
     def _add_tool_call(self, fragment: dict[str, Any]) -> None:
         index = fragment.get("index", 0)

@@ -36,11 +36,19 @@ from audit.writer import audit_writer_stats
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 QUEUE_HELP = "Audit records waiting for the background writer."
+# audit_writer_stats() key: (gauge name, help); the spool of audit.store.
+SPOOL_GAUGES = {
+    "spool_records": ("sluice_audit_spool_records", "Audit records waiting in the spool."),
+    "spool_bytes": ("sluice_audit_spool_bytes", "Size of the audit spool."),
+    "spool_full": ("sluice_audit_spool_full", "1 while the audit spool is full (alarm)."),
+}
 AUDIT_COUNTERS = {
     # audit_writer_stats() key: (metric name without _total, help)
     "written": ("sluice_audit_records_written", "Audit records stored."),
     "failed": ("sluice_audit_write_failures", "Audit records lost: the write kept failing."),
     "dropped": ("sluice_audit_records_dropped", "Audit records dropped: the queue was full."),
+    "spool_replayed": ("sluice_audit_spool_replayed", "Audit records replayed from the spool."),
+    "spool_lost": ("sluice_audit_spool_lost", "Audit records lost: the spool was full."),
 }
 
 
@@ -50,6 +58,8 @@ class AuditWriterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = audit_writer_stats()
         yield GaugeMetricFamily("sluice_audit_queue_depth", QUEUE_HELP, value=stats["queue_depth"])
+        for key, (name, text) in SPOOL_GAUGES.items():
+            yield GaugeMetricFamily(name, text, value=stats[key])
         for key, (name, text) in AUDIT_COUNTERS.items():
             yield CounterMetricFamily(name, text, value=stats[key])
 
@@ -58,6 +68,10 @@ class AuditWriterCollector(Collector):
 _queue_gauge = Gauge(
     "sluice_audit_queue_depth", QUEUE_HELP, multiprocess_mode="livesum", registry=None
 )
+_spool_gauges = {
+    key: Gauge(name, text, multiprocess_mode="livesum", registry=None)
+    for key, (name, text) in SPOOL_GAUGES.items()
+}
 _counters = {
     key: Counter(name, text, registry=None) for key, (name, text) in AUDIT_COUNTERS.items()
 }
@@ -70,11 +84,22 @@ def sync_multiprocess_audit() -> None:
         return
     stats = audit_writer_stats()
     _queue_gauge.set(stats["queue_depth"])
+    for key, gauge in _spool_gauges.items():
+        gauge.set(stats[key])
     for key, counter in _counters.items():
         delta = stats[key] - _mirrored.get(key, 0)
         if delta > 0:
             counter.inc(delta)
         _mirrored[key] = stats[key]
+
+
+def process_exiting() -> None:
+    """At a served worker's end (its ASGI lifespan): its last audit numbers into
+    the files, then its live gauges out of the sums. uvicorn ends the process by
+    re-raising its signal, so the ``atexit`` below does not run there."""
+    if MULTIPROCESS:
+        sync_multiprocess_audit()
+        multiprocess.mark_process_dead(os.getpid())
 
 
 if MULTIPROCESS:

@@ -159,6 +159,18 @@ LIMIT_REJECTIONS = Counter(
 )
 
 
+STREAM_TAKEOVERS = Counter(
+    "sluice_stream_takeovers",
+    "Streams of a lost instance claimed here (outcome: continued, ended with an error as the"
+    " route forbids continuing or a tool call began, failed), or handed over at shutdown.",
+    ["outcome"],
+)
+
+
+def stream_taken_over(outcome: str) -> None:
+    child(STREAM_TAKEOVERS, outcome).inc()
+
+
 def limit_rejected(app: str, limit: str) -> None:
     """A request of ``app`` refused by ``limit`` (a policy field's name)."""
     child(LIMIT_REJECTIONS, app, limit).inc()

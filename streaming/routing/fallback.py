@@ -286,10 +286,17 @@ class FallbackRun:
 class ChatRun(FallbackRun):
     """A chat completion's way through its plan, continued mid-stream when the route allows."""
 
-    def __init__(self, route: ResolvedRoute, request: ChatRequest, audit: AuditEntry) -> None:
+    def __init__(
+        self,
+        route: ResolvedRoute,
+        request: ChatRequest,
+        audit: AuditEntry,
+        progress: StreamProgress | None = None,
+    ) -> None:
         super().__init__(route, audit)
         self.request = request
-        self.progress = StreamProgress()
+        # Given: what a lost instance sent (a takeover); the first attempt continues it.
+        self.progress = progress or StreamProgress()
 
     async def _attempt(
         self, target: UpstreamTarget, key: str
@@ -332,11 +339,16 @@ class ChatRun(FallbackRun):
 
 
 def route_stream(
-    route: ResolvedRoute, request: ChatRequest, audit: AuditEntry
+    route: ResolvedRoute,
+    request: ChatRequest,
+    audit: AuditEntry,
+    *,
+    progress: StreamProgress | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Yield chunk bodies for the request; record every attempt in ``audit``, and
-    once closed (or ended), the usage and cost it is charged for."""
-    return ChatRun(route, request, audit).stream()
+    once closed (or ended), the usage and cost it is charged for. With
+    ``progress`` (what another instance already sent), it continues that answer."""
+    return ChatRun(route, request, audit, progress).stream()
 
 
 PROBE_TIMEOUT = 15.0

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import transaction
 
 from gateway.cache import SingleFlightCache
+from gateway.database import DATABASE_UNAVAILABLE
 from gateway.redis import async_client, redis_enabled, sync_client
 from streaming.models import (
     ModelPrice,
@@ -79,11 +80,12 @@ def _keep_seconds(_: object) -> float:
 
 
 # A model with no enabled route is kept too (None): asking again costs a query.
+# While the database is unreachable, the routes last loaded keep serving.
 _routes: SingleFlightCache[str, ResolvedRoute | None] = SingleFlightCache(
-    ttl=_keep_seconds, max_entries=10_000
+    ttl=_keep_seconds, max_entries=10_000, stale_on=DATABASE_UNAVAILABLE
 )
 _names: SingleFlightCache[str, tuple[str, ...]] = SingleFlightCache(
-    ttl=_keep_seconds, max_entries=1
+    ttl=_keep_seconds, max_entries=1, stale_on=DATABASE_UNAVAILABLE
 )
 
 

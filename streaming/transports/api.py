@@ -19,6 +19,7 @@ from accounts.tickets import issue_ticket
 from streaming.core.events import CHAT, ERROR, Failure, Inbound
 from streaming.core.reader import Encoder, Reader, StreamHandle
 from streaming.core.session import StreamSession
+from streaming.core.shutdown import draining
 from streaming.observability import metrics
 from streaming.providers import ChatRequest
 from streaming.routing.routes import ResolvedRoute, resolve_route, route_names
@@ -75,6 +76,13 @@ async def _start(
     id_prefix: str = "chatcmpl-",
     background: bool = False,
 ) -> StreamSession:
+    if draining():
+        raise ApiError(
+            503,
+            "this gateway instance is shutting down; retry (another instance will answer)",
+            code="shutting_down",
+            headers={"Retry-After": "1"},
+        )
     route = await _route_for(identity, chat.model)
     # The one place every HTTP protocol's generation is admitted (WebSocket: its consumer).
     admission = await admit_chat(identity, chat, route)
@@ -139,6 +147,8 @@ def _stream_response(
         size=len,
         keepalive=settings.SLUICE_SSE_KEEPALIVE_SECONDS if transport == "sse" else None,
         observers=[metrics.ReaderTracker(transport, handle, cursor, resumed=resumed)],
+        transport=transport,
+        actor=identity.name,
     )
     headers = {"X-Sluice-Stream-Id": handle.id, **(headers or {})}
     return StreamResponse(reader, CONTENT_TYPES[transport], headers=headers, identity=identity)
@@ -164,6 +174,9 @@ def _event_stream(
         size=len,
         keepalive=settings.SLUICE_SSE_KEEPALIVE_SECONDS,
         observers=[metrics.ReaderTracker("sse", handle, 0, resumed=resumed)],
+        transport=handle.inbound.api,  # responses, messages
+        actor=identity.name,
+        resumed_from=getattr(encoder, "after", -1),
     )
     headers = {"X-Sluice-Stream-Id": handle.id, **(headers or {})}
     return StreamResponse(reader, CONTENT_TYPES["sse"], headers=headers, identity=identity)

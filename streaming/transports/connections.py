@@ -33,9 +33,9 @@ from typing import Any
 
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from streaming.observability import metrics
+from streaming.transports.ws_frames import BatchingWebSocketProtocol
 
 logger = logging.getLogger("sluice.connections")
 
@@ -162,9 +162,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, giving back the slot its upgrade took."""
+class GuardedWebSocketProtocol(BatchingWebSocketProtocol):
+    """uvicorn's websockets-sansio protocol (writing a batch of messages at
+    once, see ``ws_frames``), giving back the slot its upgrade took."""
 
     def connection_lost(self, exc: Exception | None) -> None:
         give_slot(self.client[0] if self.client else "")
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """At shutdown, close with 1001 (going away: reconnect, to another
+        instance), not uvicorn's 1012; the streams go on elsewhere
+        (streaming.core.shutdown)."""
+        if self.close_sent or not (self.handshake_complete and self.initial_response is None):
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001})
+        self.conn.send_close(1001, "the gateway is shutting down; reconnect")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()

@@ -27,16 +27,19 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
+from audit.writer import audit_refusing
+from gateway.database import DATABASE_UNAVAILABLE
 from streaming.core.events import Failure
 from streaming.observability.logging import bind, request_id
-from streaming.transports.errors import ApiError
+from streaming.transports.errors import ApiError, audit_unavailable, database_unavailable
 from streaming.transports.http import ApiRequest, JsonResponse, Receive, Scope, Send, StreamResponse
 
 logger = logging.getLogger("sluice.http")
 
 Handler = Callable[[ApiRequest], Awaitable[JsonResponse | StreamResponse]]
 ErrorBody = Callable[[Failure], Any]  # an error's JSON body in the endpoint's protocol
-NO_CHANNEL_LAYER = "sluice.none"  # an alias no setting configures: get_channel_layer gives None
+NO_CHANNEL_LAYER = "sluice.none"
+# an alias no setting configures: get_channel_layer gives None
 
 
 class ApiConsumer(AsyncHttpConsumer):
@@ -93,12 +96,20 @@ class ApiConsumer(AsyncHttpConsumer):
                 raise ApiError(
                     405, f"method {scope['method']} not allowed", headers={"Allow": allowed}
                 )
+            if scope["method"] == "POST" and audit_refusing():
+                raise audit_unavailable()
             response = await handler(_build_request(scope, body, self.base_receive))
         except ApiError as error:
             body = self.error_body(error.failure())
             response = JsonResponse(body, status=error.status, headers=error.headers)
         except asyncio.CancelledError:
             return
+        except DATABASE_UNAVAILABLE as error:
+            # The class only: a driver's message can quote the query.
+            logger.warning("database unavailable on %s: %s", scope["path"], type(error).__name__)
+            unavailable = database_unavailable()
+            body = self.error_body(unavailable.failure())
+            response = JsonResponse(body, status=503, headers=unavailable.headers)
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             internal = ApiError(500, "internal error", code="internal_error")

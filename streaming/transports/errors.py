@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.database import MESSAGE, RETRY_AFTER
 from streaming.core.events import Failure
 
 
@@ -33,3 +34,27 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return self.failure().openai_error()
+
+
+def database_unavailable() -> ApiError:
+    """What needs the database and cannot reach it: 503, never a 500."""
+    return ApiError(
+        503,
+        MESSAGE,
+        code="database_unavailable",
+        type="server_error",
+        headers={"Retry-After": RETRY_AFTER},
+    )
+
+
+def audit_unavailable() -> ApiError:
+    """The audit spool is full and SLUICE_AUDIT_SPOOL_FULL=refuse: a request
+    accepted now would leave no record, so none is."""
+    return ApiError(
+        503,
+        "The audit spool is full (the database has been unreachable too long): "
+        "requests are refused until it drains.",
+        code="audit_unavailable",
+        type="server_error",
+        headers={"Retry-After": "30"},
+    )

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET
 
 from gateway.redis import async_client as redis_client
 from gateway.redis import redis_enabled
+from streaming.core.shutdown import draining
 
 CHECK_SECONDS = 2.0
 
@@ -46,7 +47,11 @@ async def _check(probe: Callable[[], Awaitable[None]]) -> str:
 
 @require_GET
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """200 when the database (and Redis, if configured) answer within 2 s, else 503."""
+    """200 when the database (and Redis, if configured) answer within 2 s, else
+    503 (at once when the instance is shutting down)."""
+    if draining():
+        body = {"status": "shutting_down", "checks": {}}
+        return JsonResponse(body, status=503, headers={"Retry-After": "1"})
     checks = {"database": await _check(database_sync_to_async(_database_ping))}
     if redis_enabled():
         checks["redis"] = await _check(_redis_ping)

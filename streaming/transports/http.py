@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import socket
 import struct
+import termios
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +119,7 @@ class StreamResponse:
             nonlocal revoked
             if not gone:
                 revoked = reason
+                self.reader.stop_reason = "revoked"
                 task.cancel()
 
         watch = asyncio.ensure_future(wait_disconnect(receive))
@@ -169,6 +173,8 @@ class StreamResponse:
             await asyncio.wait_for(
                 send({"type": "http.response.body", "body": last, "more_body": False}), limit
             )
+            # The connection goes with the identity, once those words are read.
+            await close_when_read(send, limit)
         except TimeoutError:
             await abort_connection(send)
         except OSError:
@@ -231,12 +237,53 @@ async def abort_connection(send: Send) -> None:
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if transport is None or not hasattr(transport, "abort"):
         return
+    reset_transport(transport)
+    await asyncio.sleep(0)
+
+
+async def close_when_read(send: Send, limit: float) -> None:
+    """Close the connection once the client has taken everything written to it;
+    reset it if the client takes nothing more for ``limit`` seconds.
+
+    What the server has written may sit in the kernel's buffers (a full server
+    buffer is what makes a send wait, and it may not be full): a graceful close
+    then leaves the client's end open behind bytes it does not read.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "abort") or transport.is_closing():
+        return
+    left, deadline = unsent(transport), time.monotonic() + limit
+    while left and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        now = unsent(transport)
+        if now < left:  # it reads: give it ``limit`` again
+            left, deadline = now, time.monotonic() + limit
+    if left:
+        reset_transport(transport)
+    else:
+        transport.close()
+    await asyncio.sleep(0)
+
+
+def unsent(transport: Any) -> int:
+    """Bytes written to ``transport`` that its peer has not acknowledged: in the
+    transport's buffer, and in the kernel's send queue (SIOCOUTQ)."""
+    left = int(transport.get_write_buffer_size())
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            reply = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            left += struct.unpack("i", reply)[0]
+    return left
+
+
+def reset_transport(transport: Any) -> None:
+    """Close ``transport``'s connection with a reset (RST), dropping what is buffered."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
-    await asyncio.sleep(0)
 
 
 async def wait_disconnect(receive: Receive) -> None:

@@ -17,32 +17,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from accounts import revocation
 from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
+from audit.writer import audit_refusing
+from gateway.database import DATABASE_UNAVAILABLE
 from streaming.core.log import CursorTrimmed
 from streaming.core.reader import UNREADABLE, Reader, ReaderStalled, StreamHandle
 from streaming.core.session import StreamSession
+from streaming.core.shutdown import draining
 from streaming.observability import metrics
 from streaming.observability.logging import bind, request_id
 from streaming.routing.routes import resolve_route
 from streaming.transports.encoders.chat import ChatChunks, ChatWebSocket
-from streaming.transports.errors import ApiError
+from streaming.transports.errors import ApiError, audit_unavailable, database_unavailable
+from streaming.transports.http import abort_connection, reset_transport
 from streaming.transports.limits import admit_chat
 from streaming.transports.schema import check_depth, parse_chat_request
 from streaming.transports.streams import check_cursor, find_stream, request_cancel
+from streaming.transports.ws_frames import SEND_MANY
 
 logger = logging.getLogger("sluice.ws")
 
 TICKET_SUBPROTOCOL = "sluice.ticket."
 IDLE_CLOSE_CODE = 4408  # like HTTP 408: the socket sent nothing and followed nothing
+TRY_AGAIN_LATER = 1013  # RFC 6455's "try again later": the database is unreachable
+STALLED_CLOSE_CODE = 4008  # the socket took nothing for READER_STALL_SECONDS
 
 
 def _reply_to(message: Any) -> dict[str, Any]:
@@ -68,9 +78,27 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     identity: AppIdentity
     readers: dict[str, asyncio.Task[None]]
+    relaying: dict[str, Reader[list[bytes]]]  # the Readers those tasks run
     watch: revocation.Watch | None = None
     ended: str = ""  # the revocation that closed the socket
     closing: asyncio.Future[None] | None = None
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels' own dispatch first closes stale database connections: a hop to
+        # the process's one sync thread before each message, and one more after a
+        # disconnect (``websocket_disconnect``), four for a socket that runs one
+        # stream. As in transports.consumer, every query on this path runs through
+        # database_sync_to_async, which closes them itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        # Channels' own, without its groups (this consumer has no channel layer)
+        # and its closing of database connections (see ``dispatch``).
+        await self.disconnect(message["code"])
+        raise StopConsumer
 
     async def connect(self) -> None:
         bind(request_id=request_id(self.scope["headers"]))
@@ -92,7 +120,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
         except AuthError:
             await self.close()  # before accept: the handshake is refused (HTTP 403)
             return
+        except DATABASE_UNAVAILABLE as error:
+            # A token not cached and no database to look it up in: try again later.
+            logger.warning("database unavailable on websocket connect: %s", type(error).__name__)
+            await self.accept(subprotocol=subprotocol)
+            await self.close(code=TRY_AGAIN_LATER, reason="database unavailable")
+            return
         self.readers = {}
+        self.relaying = {}
         self.client_ip = (self.scope.get("client") or [None])[0]
         await self.accept(subprotocol=subprotocol)
         self.watch = revocation.watch(self.identity, self._revoked)
@@ -101,12 +136,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
     def _revoked(self, reason: str) -> None:
         """The identity was revoked or expired: no more streams, and the socket closes."""
         self.ended = reason
+        for reader in self.relaying.values():
+            reader.stop_reason = "revoked"  # for the audit's deliveries
         self._stop_readers()
         self.closing = asyncio.ensure_future(self._close_revoked(reason))
 
     async def _close_revoked(self, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.close(code=revocation.CLOSE_CODE, reason=revocation.describe(reason))
+        await self._close(revocation.CLOSE_CODE, revocation.describe(reason))
 
     def _stop_readers(self) -> None:
         for task in getattr(self, "readers", {}).values():
@@ -131,7 +167,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             return
         metrics.CONNECTIONS_TIMED_OUT.labels(phase="ws_idle").inc()
         reason = f"idle: no message and no stream for {limit:g} s"
-        self.idle_close = loop.create_task(self.close(code=IDLE_CLOSE_CODE, reason=reason))
+        self.idle_close = loop.create_task(self._close(IDLE_CLOSE_CODE, reason))
 
     async def disconnect(self, code: int) -> None:
         if self.watch is not None:
@@ -155,6 +191,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
         except ApiError as error:
             await self._error(error, _reply_to(message))
+        except DATABASE_UNAVAILABLE as error:
+            logger.warning("database unavailable on a websocket message: %s", type(error).__name__)
+            await self._error(database_unavailable(), _reply_to(message))
         except Exception:
             # A bug handling this one message: it alone gets an error (said
             # once, with its traceback, here); the socket and its other
@@ -167,6 +206,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "chat.create":
+            if audit_refusing():
+                raise audit_unavailable()
             await self._create(message)
         elif kind == "stream.resume":
             await self._resume(message)
@@ -196,6 +237,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
         if self.ended:
             return  # revoked while the route was looked up
+        if draining():
+            raise ApiError(
+                503,
+                "this gateway instance is shutting down; reconnect (another instance will answer)",
+                code="shutting_down",
+            )
         admission = await admit_chat(self.identity, chat, route)
         session = StreamSession(
             identity=self.identity,
@@ -236,6 +283,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
     def _forget(self, stream_id: str, task: asyncio.Task[None]) -> None:
         if self.readers.get(stream_id) is task:
             del self.readers[stream_id]
+            self.relaying.pop(stream_id, None)
             self.last_active = asyncio.get_running_loop().time()  # idle from now
 
     async def _relay(self, handle: StreamHandle, cursor: int, resumed: bool) -> None:
@@ -247,19 +295,22 @@ class StreamConsumer(AsyncWebsocketConsumer):
             resumed=resumed,
             size=_frames_size,
             observers=[metrics.ReaderTracker("ws", handle, cursor, resumed=resumed)],
+            transport="ws",
+            actor=self.identity.name,
         )
-        send = self.base_send  # the raw ASGI send: per frame, the consumer's own cost more
-
-        async def write(frames: list[bytes]) -> None:
-            for frame in frames:
-                await send({"type": "websocket.send", "text": frame.decode()})
+        if self.ended:
+            reader.stop_reason = "revoked"  # the socket's identity went while it was set up
+        self.relaying[handle.id] = reader
+        write = _batch_writer(self.base_send, self.scope)
 
         try:
             # A socket that cannot take a batch for READER_STALL_SECONDS is cut; it can resume.
             await reader.run(write, stall=settings.SLUICE_READER_STALL_SECONDS)
+            if getattr(handle, "handing_over", False):
+                # Handed over at shutdown: the client resumes on another instance.
+                await self._close(1001, "the gateway is shutting down; resume elsewhere")
         except ReaderStalled:
-            with contextlib.suppress(Exception):
-                await self.close(code=4008)
+            await self._cut_off()
         except UNREADABLE as error:
             # The events still to send are gone (the stream expired under its
             # reader) or cannot be read now. Other streams share the socket:
@@ -284,6 +335,44 @@ class StreamConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await self._error(failure, {"stream_id": handle.id})
 
+    async def _close(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` and ``reason``. The close frame waits behind
+        what is buffered for the client: one that takes nothing for
+        READER_STALL_SECONDS is reset instead (see ``_cut_off``).
+
+        The server writes the frame at once when its own buffer is under its
+        high-water mark, though the kernel's may be full of bytes the client
+        will never read: the connection then stayed open for good (the server
+        closes its transport gracefully, after flushing). So a connection that
+        has not ended READER_STALL_SECONDS after its close frame is reset too.
+        """
+        stall = settings.SLUICE_READER_STALL_SECONDS
+        try:
+            await asyncio.wait_for(self.close(code=code, reason=reason), stall)
+        except TimeoutError:
+            await self._cut_off()
+            return
+        except Exception:
+            return  # the client went first: nothing to close
+        protocol = getattr(self.base_send, "__self__", None)
+        if getattr(protocol, "transport", None) is not None:
+            asyncio.get_running_loop().call_later(stall, _reset_unless_gone, protocol)
+
+    async def _cut_off(self) -> None:
+        """Drop a socket that took nothing for READER_STALL_SECONDS; its streams can be resumed.
+
+        As over HTTP (``http.abort_connection``), the connection is reset and what
+        is buffered for it dropped: a close frame would wait behind that buffer, and
+        the socket with it, for as long as the client does not read. Where the server
+        offers no way to reset (daphne, whose sends never wait), it is closed with
+        code 4008.
+        """
+        if getattr(getattr(self.base_send, "__self__", None), "transport", None) is not None:
+            await abort_connection(self.base_send)
+            return
+        with contextlib.suppress(Exception):
+            await self.close(code=STALLED_CLOSE_CODE)
+
     async def _error(self, error: ApiError, message: dict[str, Any]) -> None:
         payload = {
             "type": "error",
@@ -295,6 +384,30 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if "retry-after-ms" in error.headers:  # a limit: seconds until it frees, as Retry-After
             payload["retry_after"] = int(error.headers["retry-after-ms"]) / 1000
         await self.send(text_data=orjson.dumps(payload).decode())
+
+
+def _reset_unless_gone(protocol: Any) -> None:
+    """Reset the connection of uvicorn's WebSocket ``protocol`` unless it has ended."""
+    if not getattr(protocol, "disconnected", True):
+        reset_transport(protocol.transport)
+
+
+def _batch_writer(send: Any, scope: dict[str, Any]) -> Callable[[list[bytes]], Awaitable[None]]:
+    """How a reader's batch of messages goes out: in one write where the server
+    offers it (``ws_frames.SEND_MANY``), else one ASGI send per message. Either
+    way through the raw ASGI ``send``: per message, the consumer's own cost more."""
+    if SEND_MANY in scope.get("extensions", {}):
+
+        async def write_all(frames: list[bytes]) -> None:
+            await send({"type": SEND_MANY, "texts": frames})
+
+        return write_all
+
+    async def write_each(frames: list[bytes]) -> None:
+        for frame in frames:
+            await send({"type": "websocket.send", "text": frame.decode()})
+
+    return write_each
 
 
 def _frames_size(frames: list[bytes]) -> int:

@@ -42,12 +42,14 @@ def test_the_policy_has_checkboxes_for_scopes_and_for_the_configured_routes(ops)
     page = page.decode()
 
     scopes, scopes_on = checked(page, "policy-0-scopes")
-    assert scopes == {"chat", "admin"} and scopes_on == {"chat"}
+    assert scopes == {"chat", "admin", "audit:read"} and scopes_on == {"chat"}
     models, models_on = checked(page, "policy-0-allowed_models")
     # Every route to choose from, and a name no route has any more is kept, not dropped.
     assert models == {"chat-small", "chat-large", "retired-model"}
     assert models_on == {"chat-small", "retired-model"}
-    assert "<textarea" not in page.split('id="policy-group"')[1].split("</fieldset>")[0]
+    # No JSON to type: the only text area is the redaction patterns', one per line.
+    policy = page.split('id="policy-group"')[1].split("</fieldset>")[0]
+    assert re.findall(r'<textarea name="([^"]+)"', policy) in ([], ["policy-0-redact_patterns"])
 
 
 def test_saving_the_checkboxes_saves_the_policy(ops):

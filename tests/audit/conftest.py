@@ -5,6 +5,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
 
 from audit.records import AttemptEntry, AuditEntry
 from audit.writer import audit_flush
@@ -32,6 +34,15 @@ def make_attempt(provider: str, **fields: Any) -> AttemptEntry:
     fields.setdefault("upstream_model", f"{provider}-model")
     fields.setdefault("started_at", time.time() - 1)
     return AttemptEntry(provider=provider, **fields)
+
+
+def auditor_client(username: str) -> Client:
+    """A client logged in as ``username``: staff, in the auditors group."""
+    user = User.objects.create_user(username, password="x", is_staff=True)
+    user.groups.add(Group.objects.get(name="auditors"))
+    client = Client()
+    client.force_login(user)
+    return client
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
 from audit.models import AuditRecord
 from audit.services import audit_record_write
-from tests.audit.conftest import make_attempt, make_entry
+from tests.audit.conftest import auditor_client, make_attempt, make_entry
 
 pytestmark = pytest.mark.django_db
 
@@ -52,11 +52,7 @@ def other_record() -> AuditRecord:
 @pytest.fixture
 def alice() -> Client:
     """Alice is an auditor: staff, in the auditors group."""
-    user = User.objects.create_user("alice", password="x", is_staff=True)
-    user.groups.add(Group.objects.get(name="auditors"))
-    client = Client()
-    client.force_login(user)
-    return client
+    return auditor_client("alice")
 
 
 @pytest.fixture
@@ -156,5 +152,8 @@ def test_lists_show_times_to_the_second_and_durations_in_ms(alice):
 
     page = alice.get(reverse("admin:audit_auditrecord_change", args=[record.pk])).content.decode()
     assert "2026-03-01 09:30:15" in page
-    assert ">200.0<" in page or ">200<" in page  # first token, ms after the attempt began
-    assert ">2,400<" in page  # the attempt's duration
+    assert ">2026-03-01 09:30:17<" in page  # the record's end, as the changelist shows times
+    assert "a.m." not in page
+    assert ">200 ms<" in page  # first token, after the attempt began
+    assert ">2,400 ms<" in page  # the attempt's duration
+    assert ">212 ms<" in page and ">2,500 ms<" in page  # the record's TTFT and duration

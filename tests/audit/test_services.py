@@ -6,9 +6,9 @@ from django.db import connection
 from oauth2_provider.models import Application
 
 from audit.models import AuditRecord
+from audit.selectors import RecordFilters, audit_record_filter
 from audit.services import (
     audit_record_get,
-    audit_record_list,
     audit_record_write,
     audit_records_write,
     auditors_group_ensure,
@@ -90,7 +90,9 @@ def test_batch_of_new_entries_costs_a_fixed_number_of_queries(
     django_assert_max_num_queries,
 ) -> None:
     entries = [make_entry(f"bulk-{i}", attempts=[make_attempt("a")]) for i in range(50)]
-    with django_assert_max_num_queries(6):
+    # 6 to store, 5 to seal (read back records and attempts, lock the head,
+    # insert the links, move the head): whatever the batch's size.
+    with django_assert_max_num_queries(11):
         audit_records_write(entries=entries)
     assert AuditRecord.objects.filter(request_id__startswith="bulk-").count() == 50
 
@@ -138,7 +140,8 @@ def test_selectors() -> None:
 
     assert audit_record_get(request_id="a2").outcome == "upstream_error"
     assert audit_record_get(request_id="missing") is None
-    assert [r.request_id for r in audit_record_list(outcome="upstream_error")] == ["a2"]
+    failed = audit_record_filter(filters=RecordFilters(outcome="upstream_error"))
+    assert [r.request_id for r in failed] == ["a2"]
 
 
 def test_auditors_group_is_ensured_idempotently() -> None:
@@ -150,3 +153,47 @@ def test_auditors_group_is_ensured_idempotently() -> None:
         "view_auditrecord",
         "view_upstreamattempt",
     }
+
+
+def test_a_write_ahead_and_its_final_entry_in_one_batch_cost_one_insert(
+    django_assert_max_num_queries,
+) -> None:
+    final = make_entry("chatcmpl-wa", attempts=[make_attempt("a")])
+    ahead = make_entry("chatcmpl-wa", outcome="in_progress", response_text="", ended_at=None)
+    # 6 to store, 5 to seal the final record into the chain (audit.chain).
+    with django_assert_max_num_queries(11) as captured:
+        audit_records_write(entries=[ahead, final, ahead])  # a late duplicate too
+
+    stored = ("audit_auditrecord", "audit_upstreamattempt")
+    inserts = [
+        q
+        for q in captured.captured_queries
+        if "INSERT" in q["sql"] and any(t in q["sql"] for t in stored)
+    ]
+    assert len(inserts) == 2  # the record and its attempts, once
+    record = AuditRecord.objects.get(request_id="chatcmpl-wa")
+    assert (record.outcome, record.attempts.count()) == ("completed", 1)
+
+
+def test_a_final_entry_completes_its_write_ahead_and_a_replay_changes_nothing(
+    django_assert_max_num_queries,
+) -> None:
+    final = make_entry("chatcmpl-fin", attempts=[make_attempt("a")], instance="gw-1")
+    ahead = make_entry("chatcmpl-fin", outcome="in_progress", response_text="", ended_at=None)
+    audit_records_write(entries=[ahead])
+    assert AuditRecord.objects.get(request_id="chatcmpl-fin").outcome == "in_progress"
+
+    audit_records_write(entries=[final])
+    record = AuditRecord.objects.get(request_id="chatcmpl-fin")
+    assert (record.outcome, record.instance, record.attempts.count()) == ("completed", "gw-1", 1)
+
+    with django_assert_max_num_queries(8) as captured:
+        audit_records_write(entries=[final])  # replayed: identical
+        audit_records_write(entries=[ahead])  # late: never over a final record
+    writes = [
+        q
+        for q in captured.captured_queries
+        if any(w in q["sql"] for w in ("INSERT", "UPDATE", "DELETE"))
+    ]
+    assert writes == []
+    assert AuditRecord.objects.get(request_id="chatcmpl-fin").response_text == "The Danube."

@@ -15,7 +15,7 @@ import pytest
 
 from tests.live import ROOT
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(300)
 
 SCENARIOS = [
     "sequential, 1 at a time (SSE)",
@@ -27,12 +27,16 @@ SCENARIOS = [
     "(SSE)",
     "(NDJSON)",
     "(WebSocket)",
+    "WebSocket against SSE",
     "open streams",
     "limits checked",
     "noisy neighbour",
     "stalled reader",
     "(SSE, daphne)",
     "(daphne)",
+    "audit at 100 requests/s",
+    "audit export, 2,000 records (JSONL, API)",
+    "audit export, 2,000 records (CSV, API)",
 ]
 
 
@@ -43,7 +47,7 @@ def test_quick_bench_covers_every_scenario_without_errors(tmp_path: Path) -> Non
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=220,
+        timeout=280,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from gateway.cache import SingleFlightCache
 
 
@@ -184,3 +186,39 @@ def test_each_event_loop_gets_its_own_load() -> None:
         task.cancel()
     stuck.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     stuck.close()
+
+
+async def test_a_stale_value_is_served_while_the_database_is_unreachable() -> None:
+    from django.db import IntegrityError, OperationalError
+
+    clock, loader = Clock(), Loader()
+    cache = SingleFlightCache(
+        ttl=lambda value: 10.0,
+        max_entries=10,
+        clock=clock,
+        stale_on=(OperationalError,),
+        stale_ok=lambda value: value != "expired token",
+        stale_retry=1.0,
+    )
+    assert await cache.get("alice", loader("alice's route")) == "alice's route"
+    clock.now += 11  # expired; the database is down
+
+    down = OperationalError("connection refused")
+    assert await cache.get("alice", loader(down)) == "alice's route"
+    assert loader.calls == 2
+    assert await cache.get("alice", loader(down)) == "alice's route"  # held a second
+    assert loader.calls == 2
+    clock.now += 1.5
+    assert await cache.get("alice", loader("alice's new route")) == "alice's new route"
+
+    # Never seen: nothing to fall back on. A data error is not an outage.
+    with pytest.raises(OperationalError):
+        await cache.get("bob", loader(down))
+    clock.now += 11
+    with pytest.raises(IntegrityError):
+        await cache.get("alice", loader(IntegrityError("bad row")))
+    # A value its owner says must not outlive its TTL (an expired token) is not served.
+    await cache.get("charlie", loader("expired token"))
+    clock.now += 11
+    with pytest.raises(OperationalError):
+        await cache.get("charlie", loader(down))

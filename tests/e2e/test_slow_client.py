@@ -9,7 +9,6 @@ ends a runaway stream with a clear error event.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,23 +17,24 @@ import orjson
 import pytest
 
 from tests.conftest import Actor, wait_for_audit
+from tests.e2e.slow_readers import (
+    BIG_TOKENS,
+    revoke,
+    small_buffer_socket,
+    stalling_gateway,
+    wait_disconnected,
+)
 from tests.fakes.upstream import FakeUpstream
 from tests.live import GatewayServer, server_env
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.django_db(transaction=True)]
 
-TCP_ESTABLISHED = 1
 EVENT = re.compile(rb"id: (\d+)\ndata: (\{.*?\})\n\n")
-# About 6 MB of events: far more than the socket buffers between the gateway and a client.
-BIG_TOKENS = [f"<{i:04d}>" + "x" * 2000 for i in range(3000)]
 
 
 @pytest.fixture(scope="module")
 def stall_gateway(django_db_setup: None) -> Iterator[GatewayServer]:
-    env = server_env(SLUICE_READER_STALL_SECONDS="1", SLUICE_STREAM_ABANDON_SECONDS="30")
-    server = GatewayServer(env=env).start()
-    yield server
-    server.stop()
+    yield from stalling_gateway(stall_seconds="1")
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +49,7 @@ class StalledClient:
     """A raw HTTP client with a tiny receive buffer that stops reading when told."""
 
     def __init__(self, gateway: GatewayServer, actor: Actor, model: str) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.settimeout(10)
-        self.sock.connect(("127.0.0.1", gateway.port))
+        self.sock = small_buffer_socket(gateway)
         body = orjson.dumps(
             {"model": model, "stream": True, "messages": [{"role": "user", "content": "go"}]}
         )
@@ -80,14 +77,7 @@ class StalledClient:
         return match.group(1).decode()
 
     def wait_disconnected(self, timeout: float) -> bool:
-        """Whether the gateway dropped the connection, checked without reading."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
-            if info[0] != TCP_ESTABLISHED:
-                return True
-            time.sleep(0.1)
-        return False
+        return wait_disconnected(self.sock, timeout)
 
 
 def _content(data: bytes) -> str:
@@ -129,6 +119,32 @@ def test_stalled_reader_is_cut_off_and_can_resume(
     rest = read_sse(url, {**alice.headers, "Last-Event-ID": str(last_seen)})
     resumed = "".join(text for _, text in seen) + "".join(_content(d) for d in rest[:-1])
     assert resumed == "".join(BIG_TOKENS)
+
+
+@pytest.mark.parametrize("sent", [40, 3000])
+def test_a_stalled_reader_whose_token_is_revoked_is_dropped(
+    stall_gateway: GatewayServer,
+    make_actor: Callable[..., Actor],
+    make_route: Callable[..., str],
+    upstream: FakeUpstream,
+    sent: int,
+) -> None:
+    """Revoked while it does not read: the response ends, and its end waits behind
+    bytes the client will never take; the connection is dropped all the same
+    (with 40 chunks the upstream goes quiet first, so nothing is being written
+    when the revocation comes)."""
+    name = f"slow-client-revoke-{sent}"
+    upstream.script(name, tokens=BIG_TOKENS[: sent + 10], fault="stall", fault_after=sent)
+    model = make_route(("openai", upstream.base_url, name))
+    frank = make_actor("frank")
+    client = StalledClient(stall_gateway, frank, model)
+    try:
+        client.read_events(3)
+        time.sleep(0.5)
+        revoke(stall_gateway, frank)
+        assert client.wait_disconnected(timeout=20), "the gateway kept a revoked, stalled reader"
+    finally:
+        client.close()
 
 
 def _stream(gateway: GatewayServer, actor: Actor, model: str) -> list[bytes]:

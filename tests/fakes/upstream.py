@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import socket
 import threading
 import time
@@ -186,6 +187,7 @@ class FakeUpstream:
         shape: str | None = None,
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
+        continues: bool = False,
     ) -> None:
         """Script the answer for requests naming ``model``.
 
@@ -205,7 +207,10 @@ class FakeUpstream:
         ``echo_400``/``echo_422``/``echo_429``/``echo_500`` (that status, its
         body echoing the request headers byte for byte). ``status`` sends
         that HTTP error status. ``cached_tokens`` and ``reasoning_tokens`` go
-        in the usage's details (Anthropic: ``cache_read_input_tokens``). A tool call is
+        in the usage's details (Anthropic: ``cache_read_input_tokens``). With
+        ``continues``, a continuation request (the partial answer as an
+        assistant turn, then a user turn asking to continue) is answered with
+        the tokens after that partial answer. A tool call is
         sent after the text when ``tool_name`` is set, its arguments in the
         given fragments.
         """
@@ -234,6 +239,7 @@ class FakeUpstream:
             shape=shape,
             cached_tokens=cached_tokens,
             reasoning_tokens=reasoning_tokens,
+            continues=continues,
         )
 
     def reset(self) -> None:
@@ -320,7 +326,8 @@ class FakeUpstream:
     def _script_for(self, body: Any) -> Script:
         model = body.get("model", "") if isinstance(body, dict) else ""
         script = self._scripts.get(model) or script_from_model_name(model)
-        return script or Script(tokens=wire.split_text(wire.DEFAULT_TEXT))
+        script = script or Script(tokens=wire.split_text(wire.DEFAULT_TEXT))
+        return _continued(script, body) if script.continues else script
 
     async def _before_answer(self, request: web.Request, script: Script) -> None:
         """The faults that strike before any response: hang and refuse."""
@@ -453,6 +460,18 @@ class FakeUpstream:
         assert self._stopping is not None
         await self._stopping.wait()
         raise asyncio.CancelledError  # the server is shutting down
+
+
+def _continued(script: Script, body: Any) -> Script:
+    """The script's rest after the partial answer a continuation request carries."""
+    messages = body.get("messages") or [] if isinstance(body, dict) else []
+    if len(messages) < 2 or messages[-2].get("role") != "assistant":
+        return script
+    partial, tokens = messages[-2].get("content") or "", script.tokens
+    for k in range(len(tokens) + 1):
+        if "".join(tokens[:k]) == partial:
+            return dataclasses.replace(script, tokens=tokens[k:], ttft=script.delay)
+    return script
 
 
 def _dumps(obj: Any) -> str:

@@ -43,6 +43,9 @@ class Script:
     # count), and hidden reasoning tokens (part of the completion's).
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # A continuation request (the answer so far, then "continue") gets the
+    # tokens after that answer, as a real model would carry on.
+    continues: bool = False
 
 
 def split_text(text: str) -> list[str]:

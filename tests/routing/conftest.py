@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +10,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import Actor
-from tests.live import GatewayServer, free_port, server_env
+from tests.live import GatewayServer, server_env
 
 HELLO = [{"role": "user", "content": "Say something"}]
 
@@ -60,33 +57,3 @@ def breaker_gateway(django_db_setup: None) -> Iterator[GatewayServer]:
     server = GatewayServer(env=env).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A private redis-server for tests of shared state (skipped when not installed)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)

@@ -155,6 +155,9 @@ def assert_cancelled(held: list[Held], reason: str) -> None:
     for connection in held:
         record = wait_for_audit(connection.stream_id)
         assert (record.outcome, record.error_class) == ("cancelled", reason), connection.kind
+        # Its reader was ended by the revocation (or, first, by the stream's own end).
+        (delivery,) = record.deliveries
+        assert delivery["ended"] in ("revoked", "cancelled"), (connection.kind, delivery)
 
 
 # -- the ways to revoke ------------------------------------------------------

@@ -8,6 +8,7 @@ audit record gets all of them.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 
@@ -68,6 +69,11 @@ async def test_a_reader_of_an_ended_stream_holds_its_log_not_its_prompt_or_text(
 
     events = [entry async for batch in reader if batch for entry in batch]
     await session.wait_finished()
+    # With takeover (Redis), the record goes once the END is in Redis.
+    for _ in range(500):
+        if await AuditRecord.objects.filter(request_id=session.id, outcome="completed").aexists():
+            break
+        await asyncio.sleep(0.01)
     assert await sync_to_async(audit_flush)(10.0)
 
     assert events[-1][1] == END and session.log.ended

@@ -26,7 +26,9 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         create = sub.add_parser("create", help="Create an app and print its secret once.")
         create.add_argument("name")
-        create.add_argument("--scopes", type=_names, default=["chat"], help="e.g. chat,admin")
+        create.add_argument(
+            "--scopes", type=_names, default=["chat"], help="e.g. chat,admin or audit:read"
+        )
         create.add_argument(
             "--models", type=_names, default=[], help="allowed models, e.g. a,b (default: all)"
         )

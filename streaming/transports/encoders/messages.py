@@ -137,6 +137,11 @@ class MessagesEncoder:
 
     # -- the Encoder protocol -----------------------------------------------------
 
+    @property
+    def after(self) -> int:
+        """The client's cursor in this protocol's numbering (-1: from the start)."""
+        return self._after
+
     def encode(self, batch: Sequence[Entry]) -> bytes:
         if len(batch) == 1:  # the usual case: no buffer
             return self.event(*batch[0])

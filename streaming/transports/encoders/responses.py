@@ -185,6 +185,11 @@ class ResponsesEncoder:
 
     # -- the Encoder surface -------------------------------------------------------
 
+    @property
+    def after(self) -> int:
+        """The client's cursor in this protocol's numbering (-1: from the start)."""
+        return self._after
+
     def encode(self, batch: Sequence[Entry]) -> bytes:
         out = bytearray()
         for _seq, kind, payload in batch:
