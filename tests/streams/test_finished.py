@@ -10,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-import tracemalloc
-from pathlib import Path
+from collections.abc import Sequence
 
 import httpx
 import pytest
 
 from streaming.core import finished
-from streaming.core.events import END, TEXT
+from streaming.core.events import END, TEXT, Entry
 from streaming.core.log import LogLimits, MemoryStreamLog
 from tests.live import GatewayServer, server_env
+from tests.streams.allocations import held_by_stream_code
 from tests.streams.clients import Progress, read_sse
-
-STREAM_CODE = Path(finished.__file__).parent
 
 
 def ended_log(*payloads: bytes) -> MemoryStreamLog:
@@ -54,18 +52,12 @@ async def test_a_kept_stream_and_its_readers_share_one_copy_of_its_log() -> None
     log = ended_log(*(b'{"n":%d}' % i for i in range(3000)))
     finished.keep("chatcmpl-shared", 7, 0, "completed", log, ttl=60)
 
-    tracemalloc.start()
-    try:
+    def replay_all() -> Sequence[Entry]:
         found = finished.find("chatcmpl-shared")
         assert found is not None
-        replay = found.log.read_after(0, 1 << 20)
-        snapshot = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    # Only what the stream code allocated: other threads left by earlier tests
-    # (an audit writer, a logging handler) allocate while this one measures.
-    ours = snapshot.filter_traces([tracemalloc.Filter(True, str(STREAM_CODE / "*"))])
-    held = sum(stat.size for stat in ours.statistics("filename"))
+        return found.log.read_after(0, 1 << 20)
+
+    replay, held = held_by_stream_code(replay_all)
 
     assert list(replay) == list(log.read_after(0, 1 << 20))
     assert held < 2048, f"a replaying reader copied {held} bytes of a {log.size} byte log"

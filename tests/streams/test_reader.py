@@ -8,8 +8,6 @@ nothing, and one write stays within a quarter of SLUICE_READER_BUFFER_BYTES
 
 from __future__ import annotations
 
-import tracemalloc
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,6 +15,7 @@ from streaming.core.events import END, TEXT
 from streaming.core.log import FRAMING_BYTES, LogLimits, MemoryStreamLog
 from streaming.core.reader import follow
 from streaming.transports.encoders.chat import ChatChunks, ChatSSE
+from tests.streams.allocations import held_by_stream_code
 
 LIMITS = LogLimits.shared(1_000_000, 1 << 30)
 
@@ -75,12 +74,7 @@ def test_a_batch_reads_the_log_it_was_taken_from_as_the_log_grows() -> None:
 def test_holding_a_batch_of_thousands_of_events_holds_no_copy_of_them() -> None:
     log = log_of([chunk(i) for i in range(3000)])
 
-    tracemalloc.start()
-    try:
-        batch = log.read_after(0, 1 << 22)
-        held, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    batch, held = held_by_stream_code(lambda: log.read_after(0, 1 << 22))
 
     assert len(batch) == 3001
     assert held < 1024, f"a batch held {held} bytes; its payloads are {log.size}"
