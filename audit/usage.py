@@ -17,7 +17,7 @@ from django.db.models import Count, DateField, F, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate, TruncMonth
 from django.utils import timezone
 
-from audit.models import AuditRecord
+from audit.models import AuditRecord, Outcome
 
 # What usage can be grouped by, and the expression of each.
 GROUPS: dict[str, Any] = {
@@ -41,7 +41,8 @@ def _moment(when: date | datetime, *, end: bool) -> datetime:
 def _records(
     app: str | int | None, since: date | datetime | None, until: date | datetime | None
 ) -> QuerySet[AuditRecord]:
-    records = AuditRecord.objects.all()
+    # A refused request was never served: it is on the record, not on the bill.
+    records = AuditRecord.objects.exclude(outcome=Outcome.REJECTED)
     if isinstance(app, int):
         records = records.filter(app_id=app)
     elif app is not None:

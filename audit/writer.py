@@ -90,9 +90,19 @@ class AuditWriter:
         self.written = 0
         self.failed = 0
         self.dropped = 0
+        self.shed = 0
 
-    def submit(self, entry: AuditEntry) -> bool:
-        """Queue an entry for writing; False (and the entry dropped) if the queue is full."""
+    def submit(self, entry: AuditEntry, *, spare: bool = False) -> bool:
+        """Queue an entry for writing; False (and the entry dropped) if the queue is full.
+
+        A ``spare`` entry (a refused request's record) is queued only while the
+        queue is under half full, else counted as ``shed``: a flood of refusals
+        cannot crowd out the records of requests that were served.
+        """
+        if spare and self._queue.qsize() >= self._maxsize // 2:
+            with self._lock:
+                self.shed += 1
+            return False
         if self._pid != os.getpid():
             self._start()
         item = self._encoded(entry)
@@ -146,6 +156,7 @@ class AuditWriter:
             "written": self.written,
             "failed": self.failed,
             "dropped": self.dropped,
+            "shed": self.shed,
         }
 
     def _start(self) -> None:
@@ -289,9 +300,10 @@ def audit_writer_use_process() -> None:
         previous.stop()
 
 
-def audit_submit(entry: AuditEntry) -> bool:
-    """Hand one finished request's entry to the background writer; never blocks."""
-    return _default_writer().submit(entry)
+def audit_submit(entry: AuditEntry, *, spare: bool = False) -> bool:
+    """Hand one finished request's entry to the background writer; never blocks
+    (``spare``: a refused request's, kept only while the queue has room to spare)."""
+    return _default_writer().submit(entry, spare=spare)
 
 
 def audit_flush(timeout: float = 5.0) -> bool:
@@ -302,7 +314,7 @@ def audit_flush(timeout: float = 5.0) -> bool:
 def audit_writer_stats() -> dict[str, int]:
     """The writer's queue and counts, and the spool's (``audit.store.STATE_KEYS``)."""
     if _writer is None:
-        stats = {"queue_depth": 0, "written": 0, "failed": 0, "dropped": 0}
+        stats = {"queue_depth": 0, "written": 0, "failed": 0, "dropped": 0, "shed": 0}
     else:
         stats = _writer.stats()
     return {**stats, **_spool_state()}

@@ -30,6 +30,18 @@ _REVOCATIONS = (
 )
 
 
+# A rejected record's error class: the code of the refusal its client got.
+REFUSALS = (
+    "model_not_allowed",
+    "model_not_found",
+    "model_not_supported",
+    "max_tokens_exceeded",
+    "rate_limit_exceeded",
+    "insufficient_quota",
+    "shutting_down",
+)
+
+
 def error_classes() -> list[str]:
     """Every error class a record can carry (what the audit changelist offers)."""
     found: set[str] = set()
@@ -39,7 +51,7 @@ def error_classes() -> list[str]:
         kinds.extend(kind.__subclasses__())
         if "error_class" in vars(kind):  # a grouping class (TargetFailure) has none
             found.add(kind.error_class)
-    return sorted(found.union(_GATEWAY_ERRORS, _REVOCATIONS))
+    return sorted(found.union(_GATEWAY_ERRORS, _REVOCATIONS, REFUSALS))
 
 
 def new_audit(
@@ -79,6 +91,22 @@ def write_ahead(audit: AuditEntry) -> None:
     one completes it as ``interrupted`` (``streaming.core.recovery``).
     """
     audit_submit(replace(audit, outcome="in_progress", attempts=[], tool_calls=[], usage={}))
+
+
+def record_refusal(audit: AuditEntry, status: int, code: str, message: str) -> None:
+    """Store ``audit`` as ``rejected``: its request was refused (a policy, a
+    limit, a model that is not there) before anything was generated.
+
+    Never at the cost of a served request's record: queued only while the
+    audit queue has room to spare (``audit.writer``), else counted.
+    """
+    audit.outcome = "rejected"
+    audit.status_code = status
+    audit.error_class = code
+    audit.error_message = message[:500]
+    audit.ended_at = time.time()
+    audit.duration_ms = (audit.ended_at - audit.started_at) * 1000
+    audit_submit(audit, spare=True)
 
 
 def record_failure(audit: AuditEntry, error: UpstreamError) -> Failure:

@@ -47,6 +47,10 @@ AUDIT_COUNTERS = {
     "written": ("sluice_audit_records_written", "Audit records stored."),
     "failed": ("sluice_audit_write_failures", "Audit records lost: the write kept failing."),
     "dropped": ("sluice_audit_records_dropped", "Audit records dropped: the queue was full."),
+    "shed": (
+        "sluice_audit_refusals_unrecorded",
+        "Refused requests left unrecorded: the audit queue was over half full.",
+    ),
     "spool_replayed": ("sluice_audit_spool_replayed", "Audit records replayed from the spool."),
     "spool_lost": ("sluice_audit_spool_lost", "Audit records lost: the spool was full."),
 }

@@ -30,6 +30,7 @@ from streaming.transports.encoders.text import PlainText
 from streaming.transports.errors import ApiError
 from streaming.transports.http import ApiRequest, JsonResponse, StreamResponse, wait_disconnect
 from streaming.transports.limits import admit_chat
+from streaming.transports.refused import recorded_if_refused
 from streaming.transports.schema import parse_chat_request, parse_json_body
 from streaming.transports.streams import check_cursor, find_stream, request_cancel
 
@@ -76,16 +77,26 @@ async def _start(
     id_prefix: str = "chatcmpl-",
     background: bool = False,
 ) -> StreamSession:
-    if draining():
-        raise ApiError(
-            503,
-            "this gateway instance is shutting down; retry (another instance will answer)",
-            code="shutting_down",
-            headers={"Retry-After": "1"},
-        )
-    route = await _route_for(identity, chat.model)
-    # The one place every HTTP protocol's generation is admitted (WebSocket: its consumer).
-    admission = await admit_chat(identity, chat, route)
+    params = {**chat.params, "stream": chat.stream}
+    with recorded_if_refused(
+        identity,
+        protocol,
+        chat.model,
+        request.client_ip,
+        messages=chat.messages,
+        params=params,
+        id_prefix=id_prefix,
+    ):
+        if draining():
+            raise ApiError(
+                503,
+                "this gateway instance is shutting down; retry (another instance will answer)",
+                code="shutting_down",
+                headers={"Retry-After": "1"},
+            )
+        route = await _route_for(identity, chat.model)
+        # The one place every HTTP protocol's generation is admitted (WebSocket: its consumer).
+        admission = await admit_chat(identity, chat, route)
     session = StreamSession(
         identity=identity,
         request=chat,

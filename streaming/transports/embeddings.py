@@ -21,6 +21,7 @@ from streaming.transports.embeddings_schema import parse_embeddings_request
 from streaming.transports.errors import ApiError
 from streaming.transports.http import ApiRequest, JsonResponse, wait_disconnect
 from streaming.transports.limits import admit_embeddings
+from streaming.transports.refused import recorded_if_refused
 from streaming.transports.schema import parse_json_body
 
 T = TypeVar("T")
@@ -29,15 +30,24 @@ T = TypeVar("T")
 async def create_embeddings(request: ApiRequest) -> JsonResponse:
     identity = await _identity(request)
     embedding = parse_embeddings_request(parse_json_body(request.body))
-    route = await _route_for(identity, embedding.model)
-    if route.targets and not embedding_route(route).targets:
-        raise ApiError(
-            400,
-            f"the model '{embedding.model}' has no embeddings provider",
-            code="model_not_supported",
-            param="model",
-        )
-    admission = await admit_embeddings(identity, embedding, route)
+    with recorded_if_refused(
+        identity,
+        "embeddings",
+        embedding.model,
+        request.client_ip,
+        messages=embedding.inputs,
+        params=dict(embedding.params),
+        id_prefix="embd-",
+    ):
+        route = await _route_for(identity, embedding.model)
+        if route.targets and not embedding_route(route).targets:
+            raise ApiError(
+                400,
+                f"the model '{embedding.model}' has no embeddings provider",
+                code="model_not_supported",
+                param="model",
+            )
+        admission = await admit_embeddings(identity, embedding, route)
     call = EmbeddingCall(
         identity=identity,
         request=embedding,

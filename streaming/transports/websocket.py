@@ -32,17 +32,21 @@ from accounts.auth import authenticate
 from accounts.identity import AppIdentity, AuthError
 from audit.writer import audit_refusing
 from gateway.database import DATABASE_UNAVAILABLE
+from streaming.core.admission import Admission
 from streaming.core.log import CursorTrimmed
 from streaming.core.reader import UNREADABLE, Reader, ReaderStalled, StreamHandle
 from streaming.core.session import StreamSession
 from streaming.core.shutdown import draining
 from streaming.observability import metrics
 from streaming.observability.logging import bind, request_id
-from streaming.routing.routes import resolve_route
+from streaming.providers import ChatRequest
+from streaming.routing.routes import ResolvedRoute
+from streaming.transports.api import _route_for
 from streaming.transports.encoders.chat import ChatChunks, ChatWebSocket
 from streaming.transports.errors import ApiError, audit_unavailable, database_unavailable
 from streaming.transports.http import abort_connection, reset_transport
 from streaming.transports.limits import admit_chat
+from streaming.transports.refused import RECORD_HEADER, recorded_if_refused
 from streaming.transports.schema import check_depth, parse_chat_request
 from streaming.transports.streams import check_cursor, find_stream, request_cancel
 from streaming.transports.ws_frames import SEND_MANY
@@ -223,27 +227,18 @@ class StreamConsumer(AsyncWebsocketConsumer):
         body = {k: v for k, v in message.items() if k not in ("type", "request_id")}
         body["stream"] = True
         chat = parse_chat_request(body)
-        if not self.identity.may_use(chat.model):
-            raise ApiError(
-                403, f"this app may not use the model '{chat.model}'", code="model_not_allowed"
-            )
-        route = await resolve_route(chat.model)
-        if route is None:
-            raise ApiError(
-                404,
-                f"the model '{chat.model}' does not exist",
-                code="model_not_found",
-                param="model",
-            )
-        if self.ended:
+        with recorded_if_refused(
+            self.identity,
+            "ws",
+            chat.model,
+            self.client_ip,
+            messages=chat.messages,
+            params={**chat.params, "stream": True},
+        ):
+            admitted = await self._admit(chat)
+        if admitted is None:
             return  # revoked while the route was looked up
-        if draining():
-            raise ApiError(
-                503,
-                "this gateway instance is shutting down; reconnect (another instance will answer)",
-                code="shutting_down",
-            )
-        admission = await admit_chat(self.identity, chat, route)
+        route, admission = admitted
         session = StreamSession(
             identity=self.identity,
             request=chat,
@@ -263,6 +258,20 @@ class StreamConsumer(AsyncWebsocketConsumer):
             created["ratelimit"] = limits
         await self.send(text_data=orjson.dumps(created).decode())
         self._follow(session, 0, resumed=False)
+
+    async def _admit(self, chat: ChatRequest) -> tuple[ResolvedRoute, Admission] | None:
+        """``chat``'s route and admission; an ApiError if it is refused, None if
+        the socket was revoked while the route was looked up."""
+        route = await _route_for(self.identity, chat.model)
+        if self.ended:
+            return None
+        if draining():
+            raise ApiError(
+                503,
+                "this gateway instance is shutting down; reconnect (another instance will answer)",
+                code="shutting_down",
+            )
+        return route, await admit_chat(self.identity, chat, route)
 
     async def _resume(self, message: dict[str, Any]) -> None:
         handle = await find_stream(self.identity, str(message.get("stream_id", "")))
@@ -381,6 +390,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             "status": error.status,
             **error.body(),
         }
+        if RECORD_HEADER in error.headers:  # a refusal: the request id of its record
+            payload["record_id"] = error.headers[RECORD_HEADER]
         if "retry-after-ms" in error.headers:  # a limit: seconds until it frees, as Retry-After
             payload["retry_after"] = int(error.headers["retry-after-ms"]) / 1000
         await self.send(text_data=orjson.dumps(payload).decode())

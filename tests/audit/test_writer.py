@@ -108,7 +108,13 @@ def test_submit_never_blocks_on_a_stuck_database(writers, caplog) -> None:
     assert not submitting.is_alive(), "submit waited on the stuck database write"
 
     assert results == [True, True, False]
-    assert writer.stats() == {"queue_depth": 2, "written": 0, "failed": 0, "dropped": 1}
+    assert writer.stats() == {
+        "queue_depth": 2,
+        "written": 0,
+        "failed": 0,
+        "dropped": 1,
+        "shed": 0,
+    }
     assert "r4" in caplog.text
     assert "private" not in caplog.text
     assert writer.flush(timeout=0.05) is False
@@ -116,6 +122,27 @@ def test_submit_never_blocks_on_a_stuck_database(writers, caplog) -> None:
     write.release.set()
     assert writer.flush()
     assert writer.stats()["written"] == 3
+
+
+def test_refused_requests_give_way_to_served_ones_in_a_filling_queue(writers) -> None:
+    """A flood of refusals cannot crowd served requests' records out of the queue:
+    a refusal's record is queued only while the queue is under half full."""
+    write = FlakyWrite()
+    write.release.clear()
+    writer = _writer(writers, write, maxsize=4)
+    writer.submit(make_entry("held"))
+    assert write.entered.wait(5)  # the thread holds it inside a stuck write
+
+    assert writer.submit(make_entry("refused-1", outcome="rejected"), spare=True)
+    assert writer.submit(make_entry("served-1"))
+    assert not writer.submit(make_entry("refused-2", outcome="rejected"), spare=True)
+    assert writer.submit(make_entry("served-2")) and writer.submit(make_entry("served-3"))
+    assert (writer.stats()["shed"], writer.stats()["dropped"]) == (1, 0)
+
+    write.release.set()
+    assert writer.flush()
+    written = [request_id for call in write.calls for request_id in call]
+    assert written == ["held", "refused-1", "served-1", "served-2", "served-3"]
 
 
 def test_a_failed_batch_is_retried(writers) -> None:

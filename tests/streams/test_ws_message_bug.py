@@ -17,7 +17,7 @@ from channels.testing import WebsocketCommunicator
 from audit.writer import audit_flush
 from gateway.asgi import application
 from streaming.providers.pool import close_upstream_pool
-from streaming.transports import websocket as consumers
+from streaming.transports import api as routes
 from tests.conftest import wait_for_audit
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
@@ -26,14 +26,14 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
 def test_a_message_that_hits_a_bug_is_answered_and_the_socket_lives_on(
     alice, demo_model, monkeypatch, caplog
 ):
-    lookup = consumers.resolve_route
+    lookup = routes.resolve_route  # the WebSocket consumer finds routes as the HTTP API does
 
     async def resolve_route(model: str) -> Any:
         if model == "bug":
             raise RuntimeError("a bug in the route lookup")
         return await lookup(model)
 
-    monkeypatch.setattr(consumers, "resolve_route", resolve_route)
+    monkeypatch.setattr(routes, "resolve_route", resolve_route)
     hello = [{"role": "user", "content": "hi"}]
 
     async def talk() -> tuple[list[dict[str, Any]], str]:
