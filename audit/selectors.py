@@ -32,6 +32,7 @@ Q_MAX_LENGTH = 500
 _SEARCH_VECTOR = RawSQL(
     f'"{AuditRecord._meta.db_table}"."search_vector"', [], output_field=SearchVectorField()
 )
+_OFFSET_AS_SPACE = re.compile(r"([T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d(?::?\d\d)?)$")
 _STATUS = re.compile(r"([1-5])(?:xx|XX)|([1-5]\d\d)")
 
 
@@ -113,6 +114,8 @@ def _status(value: str) -> tuple[int, int]:
 def _moment(value: str, *, end: bool) -> datetime:
     """A bound as an aware datetime; a date ``until`` includes that whole day."""
     when: date | datetime | None
+    # A "+01:00" offset typed into a URL unencoded arrives as " 01:00".
+    value = _OFFSET_AS_SPACE.sub(r"\1+\2", value)
     try:
         when = parse_datetime(value) if "T" in value or " " in value else parse_date(value)
     except ValueError:

@@ -191,6 +191,20 @@ def test_filters(gateway, auditor, trail, params, expected):
     assert listed(gateway, auditor, **params) == expected
 
 
+def test_a_datetime_typed_into_a_url_keeps_its_offset(gateway, auditor, trail):
+    """An unencoded '+01:00' reaches the server as ' 01:00'; it is still an offset
+    (the same window as the 'Z' case above, an hour ahead)."""
+    query = "since=2026-03-01T02:30:00+01:00&until=2026-03-02T01:01:30+01:00"
+    response = httpx.get(
+        f"{gateway.url}/api/v1/audit/records/?{query}", headers=auditor.headers, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    assert [item["request_id"] for item in response.json()["results"]] == [
+        "rec-limited",
+        "rec-timeout",
+    ]
+
+
 def test_status_is_what_each_served_request_was_answered_with(
     gateway, auditor, alice, make_route, upstream
 ):
