@@ -110,6 +110,61 @@ class _Redactor:
         return replace(attempt, error_message=self.text(attempt.error_message))
 
 
+def redact_text(text: str, rules: tuple[Rule, ...]) -> str:
+    """``text`` with ``rules`` applied."""
+    return _Redactor(rules).text(text)
+
+
+def redact_json(value: Any, rules: tuple[Rule, ...]) -> Any:
+    """Every string in a JSON value with ``rules`` applied."""
+    return _Redactor(rules).json(value)
+
+
+# What ``HeldText`` keeps back: a match no longer than this is never shown in part.
+HOLD_BACK = 1024
+
+
+class HeldText:
+    """Text that arrives in pieces (a stream being watched), released redacted.
+
+    The last ``HOLD_BACK`` characters wait for what follows, and a release never
+    ends inside a match: a match shorter than that (an email, a card number) is
+    released whole and replaced, never split across two releases with its start
+    shown. ``flush`` releases the rest when the text ends.
+    """
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self._rules = rules
+        self._held = ""
+
+    def add(self, piece: str) -> str:
+        held = self._held + piece
+        cut = self._safe_cut(held, len(held) - HOLD_BACK)
+        if cut <= 0:
+            self._held = held
+            return ""
+        self._held = held[cut:]
+        return redact_text(held[:cut], self._rules)
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return redact_text(held, self._rules) if held else ""
+
+    def _safe_cut(self, text: str, cut: int) -> int:
+        """``cut``, moved back to the start of any match it would split."""
+        moved = cut > 0
+        while moved:
+            moved = False
+            for rule in self._rules:
+                for match in rule.pattern.finditer(text):
+                    if match.start() >= cut:
+                        break
+                    if match.end() > cut:
+                        cut, moved = match.start(), True
+                        break
+        return cut
+
+
 def redact_entry(entry: AuditEntry) -> AuditEntry:
     """``entry`` with its app's patterns replaced (a copy), or itself when it has none."""
     if not entry.redact:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import admin
 from django.http import (
@@ -32,6 +33,8 @@ from django.shortcuts import render
 from django.urls import reverse
 from redis.exceptions import RedisError
 
+from accounts.services import app_redaction
+from audit.redaction import HeldText, Rule, compile_rules, redact_json
 from gateway.redis import redis_enabled, sync_client
 from streaming.core import deliveries, session
 from streaming.core.events import END, ERROR, FINISH, REASONING, REFUSAL, START, TEXT, TOOL_CALL
@@ -118,7 +121,8 @@ async def tail_events(request: HttpRequest, stream_id: str) -> HttpResponse | St
         cursor = _cursor(request)
         if handle is None:
             raise Http404(f"no stream '{stream_id}' (unknown or expired)")
-        if not await handle.remaining(cursor):
+        rules = compile_rules(await sync_to_async(app_redaction)(app_id=handle.app_id))
+        if not rules and not await handle.remaining(cursor):
             return HttpResponse(status=204)  # all seen: the EventSource stops
     except CursorTrimmed:
         return HttpResponse(f"event {cursor} is no longer kept", status=409)
@@ -127,7 +131,10 @@ async def tail_events(request: HttpRequest, stream_id: str) -> HttpResponse | St
     if cursor == 0:  # a reconnect continues the same watch
         detail = {"running": not handle.finished}
         deliveries.note(stream_id, "watch", user.get_username(), detail)
-    response = StreamingHttpResponse(_events(handle, cursor), content_type="text/event-stream")
+    # An app whose records are redacted is watched redacted too: from the start
+    # on every connection (what was held back is not lost on a reconnect).
+    events = _redacted_events(handle, rules) if rules else _events(handle, cursor)
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -150,6 +157,69 @@ async def _events(handle: StreamHandle, cursor: int) -> AsyncIterator[bytes]:
     except (CursorTrimmed, RedisError) as error:
         logger.info("tail of %s ended: %s", handle.id, type(error).__name__)
         yield b"event: gone\ndata: {}\n\n"
+
+
+async def _redacted_events(handle: StreamHandle, rules: tuple[Rule, ...]) -> AsyncIterator[bytes]:
+    yield b"retry: 2000\nevent: reset\ndata: {}\n\n"  # the page starts over
+    redacted = _Redacted(handle, rules)
+    try:
+        async for batch in _follow(handle, 0):
+            yield b": keep-alive\n\n" if batch is None else redacted.render(batch)
+    except (CursorTrimmed, RedisError) as error:
+        logger.info("tail of %s ended: %s", handle.id, type(error).__name__)
+        yield b"event: gone\ndata: {}\n\n"
+
+
+class _Redacted:
+    """The tail's events with the stream's app's redaction applied.
+
+    Text (and a refusal, shown with it) goes through ``HeldText``; a tool
+    call's parts wait for the end of the answer and are then shown whole,
+    redacted; reasoning is not shown; an error's message is redacted.
+    """
+
+    def __init__(self, handle: StreamHandle, rules: tuple[Rule, ...]) -> None:
+        self.handle = handle
+        self.rules = rules
+        self.text = HeldText(rules)
+        self.calls: dict[Any, dict[str, Any]] = {}
+
+    def render(self, batch: Sequence[tuple[int, int, bytes]]) -> bytes:
+        out = bytearray()
+        for seq, kind, payload in batch:
+            if kind in (TEXT, REFUSAL):
+                self._text(out, seq, self.text.add(orjson.loads(payload)))
+            elif kind == TOOL_CALL:
+                self._tool_part(orjson.loads(payload))
+                out += b"id: %d\nevent: skip\ndata: {}\n\n" % seq
+            elif kind in (START, FINISH, ERROR, END):
+                self._release(out, seq)
+                out += _render(self.handle, [(seq, kind, self._shown(kind, payload))])
+            else:  # reasoning, usage, log probabilities: not shown
+                out += b"id: %d\nevent: skip\ndata: {}\n\n" % seq
+        return bytes(out)
+
+    def _text(self, out: bytearray, seq: int, text: str) -> None:
+        if text:
+            out += b"id: %d\nevent: text\ndata: %s\n\n" % (seq, orjson.dumps(text))
+
+    def _tool_part(self, part: dict[str, Any]) -> None:
+        call = self.calls.setdefault(part.get("index", 0), {"name": "", "arguments": ""})
+        call["name"] += part.get("name") or ""
+        call["arguments"] += part.get("arguments") or ""
+
+    def _release(self, out: bytearray, seq: int) -> None:
+        """What waits (text, tool calls), before an event that ends or restarts the answer."""
+        self._text(out, seq, self.text.flush())
+        for index, call in self.calls.items():
+            shown = {"index": index, **redact_json(call, self.rules)}
+            out += b"id: %d\nevent: tool_call\ndata: %s\n\n" % (seq, orjson.dumps(shown))
+        self.calls = {}
+
+    def _shown(self, kind: int, payload: bytes) -> bytes:
+        if kind == ERROR:
+            return orjson.dumps(redact_json(orjson.loads(payload), self.rules))
+        return payload
 
 
 def _render(handle: StreamHandle, batch: Sequence[tuple[int, int, bytes]]) -> bytes:

@@ -16,7 +16,14 @@ from accounts.models import AppPolicy, validate_redact_patterns
 from accounts.services import app_create
 from audit.models import AuditRecord
 from audit.records import AttemptEntry
-from audit.redaction import luhn_valid, redact_entry
+from audit.redaction import (
+    HOLD_BACK,
+    HeldText,
+    compile_rules,
+    luhn_valid,
+    redact_entry,
+    redact_text,
+)
 from audit.services import audit_record_write
 from audit.verify import chain_verify
 from tests.audit.conftest import make_attempt, make_entry
@@ -255,3 +262,30 @@ def test_long_text_without_a_match_is_linear() -> None:
     redacted = redact_entry(entry)
     assert time.perf_counter() - started < 2.0
     assert redacted.redactions == 0
+
+
+FILLER = " ".join(f"word{i}" for i in range(300))  # about 2,300 characters, nothing to redact
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 1500])
+def test_text_watched_in_pieces_is_released_as_the_whole_is_redacted(size: int) -> None:
+    """However the text is cut into pieces, what is released adds up to the whole
+    text redacted, and no release shows the start of a match."""
+    text = f"{FILLER} mail alice.smith@example.com or pay 4111 1111 1111 1111 {FILLER} bob@x.io"
+    rules = compile_rules(("email", "card"))
+    held = HeldText(rules)
+    released = [held.add(text[i : i + size]) for i in range(0, len(text), size)]
+    released.append(held.flush())
+
+    assert "".join(released) == redact_text(text, rules)
+    assert "[REDACTED:email]" in "".join(released) and "[REDACTED:card]" in "".join(released)
+    for piece in released:
+        assert "alice" not in piece and "4111" not in piece and "bob@" not in piece
+
+
+def test_held_text_releases_nothing_until_it_holds_more_than_its_window() -> None:
+    held = HeldText(compile_rules(("email",)))
+    assert held.add("x" * HOLD_BACK) == ""
+    assert held.add(" tail") == "x" * 5
+    assert held.flush() == "x" * (HOLD_BACK - 5) + " tail"
+    assert held.flush() == ""

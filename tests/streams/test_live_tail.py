@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from accounts.models import AppPolicy
 from tests.conftest import unique, wait_for_audit
 from tests.live import GatewayServer, server_env
 from tests.streams.clients import Progress, read_sse, start_sse
@@ -54,11 +55,20 @@ def signed_in(base: str, username: str) -> httpx.Client:
     return client
 
 
-def watch(client: httpx.Client, stream_id: str, stop_after_text: int | None = None) -> list:
-    """The tail's events as (id, event, data) until its end (or ``stop_after_text`` texts)."""
+def watch(
+    client: httpx.Client,
+    stream_id: str,
+    stop_after_text: int | None = None,
+    *,
+    last_event_id: int | None = None,
+) -> list:
+    """The tail's events as (id, event, data) until its end (or ``stop_after_text`` texts);
+    with ``last_event_id``, as an EventSource reconnecting after it."""
     events: list[tuple[int | None, str, Any]] = []
     texts = 0
-    with client.stream("GET", f"/admin/sluice/tail/{stream_id}/events") as response:
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    path = f"/admin/sluice/tail/{stream_id}/events"
+    with client.stream("GET", path, headers=headers) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         event_id, name, data = None, "message", []
@@ -195,6 +205,39 @@ def test_a_watcher_does_not_keep_an_abandoned_stream_alive(gateway, live_db, ali
     assert 0 < len(texts) < len(tokens)
     record = wait_for_audit(progress.stream_id)
     assert record.outcome == "abandoned" and record.resumes == 0
+    carol.close()
+
+
+def test_an_app_whose_records_are_redacted_is_watched_redacted(
+    gateway, live_db, make_actor, upstream, make_route
+):
+    """Alice's app redacts emails: her client gets the answer as generated, the
+    watcher never sees the address, not even its start, however the tokens cut
+    it; a reconnect starts the page over, so nothing held back is lost."""
+    alice = make_actor("alice")
+    AppPolicy.objects.filter(application_id=alice.app_id).update(redact_emails=True)
+    filler = [f"word{i} " for i in range(300)]  # about 2,400 characters
+    tokens = [*filler[:150], "write to ali", "ce@exam", "ple.com today ", *filler[150:]]
+    upstream_model = unique("tail")
+    upstream.script(upstream_model, tokens=tokens, delay=0.005)
+    model = make_route(("openai", upstream.base_url, upstream_model))
+    carol = signed_in(gateway.url, auditor("carol", may_watch=True))
+    progress, thread = started_stream(gateway, alice, model)
+
+    events = watch(carol, progress.stream_id)
+    thread.join(20)
+
+    assert progress.content == "".join(tokens)
+    expected = "".join(tokens).replace("alice@example.com", "[REDACTED:email]")
+    texts = [data for _, name, data in events if name == "text"]
+    assert events[0][1] == "reset" and "".join(texts) == expected
+    assert not any("ali" in text or "@exam" in text for text in texts)
+    assert events[-1][1:] == ("end", {"outcome": "completed"})
+
+    again = watch(carol, progress.stream_id, last_event_id=events[-1][0])
+    assert again[0][1] == "reset"
+    assert "".join(data for _, name, data in again if name == "text") == expected
+    assert len(notes(progress.stream_id, "watch")) == 1  # a reconnect is the same watch
     carol.close()
 
 

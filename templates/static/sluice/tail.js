@@ -24,6 +24,12 @@
     if (source.readyState === EventSource.CLOSED) status.textContent = "Closed";
     else status.textContent = "Reconnecting…";
   };
+  on("reset", function () {  // a redacted stream starts over on each connection
+    text.textContent = "";
+    tools.textContent = "";
+    calls = {};
+    document.getElementById("tail-end").textContent = "";
+  });
   on("start", function (data) {
     document.getElementById("tail-model").textContent = data.model;
     if (data.continued) text.textContent += "\n[continued on " + data.model + "]\n";
