@@ -15,7 +15,8 @@ reader's mark in Redis, and it can cancel nothing. Each watch is an
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -133,7 +134,10 @@ async def tail_events(request: HttpRequest, stream_id: str) -> HttpResponse | St
         deliveries.note(stream_id, "watch", user.get_username(), detail)
     # An app whose records are redacted is watched redacted too: from the start
     # on every connection (what was held back is not lost on a reconnect).
-    events = _redacted_events(handle, rules) if rules else _events(handle, cursor)
+    if rules:
+        events = _events(handle, 0, _Redacted(handle, rules).render, reset=True)
+    else:
+        events = _events(handle, cursor, partial(_render, handle))
     response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -149,22 +153,18 @@ def _follow(
     return handle.follow(cursor, keepalive=keepalive)  # never attaches: not a reader
 
 
-async def _events(handle: StreamHandle, cursor: int) -> AsyncIterator[bytes]:
-    yield b"retry: 2000\n\n"
+Render = Callable[[Sequence[tuple[int, int, bytes]]], bytes]
+
+
+async def _events(
+    handle: StreamHandle, cursor: int, render: Render, *, reset: bool = False
+) -> AsyncIterator[bytes]:
+    """``render``ed batches of the log after ``cursor``; ``reset`` first tells
+    the page to start over (a redacted tail replays from the start)."""
+    yield b"retry: 2000\nevent: reset\ndata: {}\n\n" if reset else b"retry: 2000\n\n"
     try:
         async for batch in _follow(handle, cursor):
-            yield b": keep-alive\n\n" if batch is None else _render(handle, batch)
-    except (CursorTrimmed, RedisError) as error:
-        logger.info("tail of %s ended: %s", handle.id, type(error).__name__)
-        yield b"event: gone\ndata: {}\n\n"
-
-
-async def _redacted_events(handle: StreamHandle, rules: tuple[Rule, ...]) -> AsyncIterator[bytes]:
-    yield b"retry: 2000\nevent: reset\ndata: {}\n\n"  # the page starts over
-    redacted = _Redacted(handle, rules)
-    try:
-        async for batch in _follow(handle, 0):
-            yield b": keep-alive\n\n" if batch is None else redacted.render(batch)
+            yield b": keep-alive\n\n" if batch is None else render(batch)
     except (CursorTrimmed, RedisError) as error:
         logger.info("tail of %s ended: %s", handle.id, type(error).__name__)
         yield b"event: gone\ndata: {}\n\n"
