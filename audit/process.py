@@ -137,7 +137,11 @@ def _serve(conn: Connection, instance: str, spool_state: Any) -> None:
         if message is _STOP:
             break
         urgent, pickled = message
-        conn.send(_store(pickled) if urgent else _store_when_idle(idle, pickled))
+        answer = _store(pickled) if urgent else _store_when_idle(idle, pickled)
+        try:
+            conn.send(answer)
+        except OSError:  # the gateway is gone (killed): what it sent is stored
+            break
     idle.submit(connections.close_all).result()
     idle.shutdown()
     store.stop()

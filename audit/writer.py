@@ -132,6 +132,10 @@ class AuditWriter:
             logger.error("audit record %s lost: cannot be encoded: %s", entry.request_id, reason)
             return None
 
+    def wake(self) -> None:
+        """Take what is queued now, not at the end of the period."""
+        self._wake.set()
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every entry submitted so far is written (or given up); False on timeout."""
         return self._send(_Control(), timeout)
@@ -304,6 +308,12 @@ def audit_submit(entry: AuditEntry, *, spare: bool = False) -> bool:
     """Hand one finished request's entry to the background writer; never blocks
     (``spare``: a refused request's, kept only while the queue has room to spare)."""
     return _default_writer().submit(entry, spare=spare)
+
+
+def audit_wake() -> None:
+    """Have the writer take what is queued now instead of at the end of its period."""
+    if _writer is not None:
+        _writer.wake()
 
 
 def audit_flush(timeout: float = 5.0) -> bool:

@@ -214,6 +214,9 @@ SLUICE_TLS_CERT_FILE = envstr("SLUICE_TLS_CERT_FILE")
 SLUICE_TLS_KEY_FILE = envstr("SLUICE_TLS_KEY_FILE")
 SLUICE_LOG_CONTENT = envbool("SLUICE_LOG_CONTENT", False)
 SLUICE_AUDIT_QUEUE_SIZE = envint("SLUICE_AUDIT_QUEUE_SIZE", 10_000, minimum=1)
+# A write-ahead (the record of a request just accepted) reaches the audit
+# process within this, instead of the writer's 0.25 s period.
+SLUICE_AUDIT_WRITE_AHEAD_SECONDS = envfloat("SLUICE_AUDIT_WRITE_AHEAD_SECONDS", 0.05, minimum=0)
 # Served gateway: audit rows are built and stored by a child process.
 SLUICE_AUDIT_PROCESS = envbool("SLUICE_AUDIT_PROCESS", True)
 # Tamper evidence: the Ed25519 seed (base64 of 32 bytes) that signs checkpoints

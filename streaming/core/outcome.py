@@ -4,15 +4,18 @@ served it and how it came to."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import Any
+
+from django.conf import settings
 
 from accounts import revocation
 from accounts.identity import AppIdentity
 from audit.instance import instance_id
 from audit.records import AuditEntry
-from audit.writer import audit_submit
+from audit.writer import audit_submit, audit_wake
 from streaming.core.events import Failure
 from streaming.providers import UpstreamError
 
@@ -91,6 +94,29 @@ def write_ahead(audit: AuditEntry) -> None:
     one completes it as ``interrupted`` (``streaming.core.recovery``).
     """
     audit_submit(replace(audit, outcome="in_progress", attempts=[], tool_calls=[], usage={}))
+    _write_soon()
+
+
+_soon: asyncio.TimerHandle | None = None  # the writer's wake-up a write-ahead asked for
+
+
+def _write_soon() -> None:
+    """Wake the writer within SLUICE_AUDIT_WRITE_AHEAD_SECONDS: a gateway killed
+    after that has handed the write-ahead to the audit process, which stores it
+    (the writer's own period, 0.25 s, is the window a SIGKILL could lose it in).
+
+    One wake-up per period at most, whatever the request rate: each takes the
+    GIL from the event loop (``audit.writer``).
+    """
+    global _soon
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        audit_wake()  # not on an event loop (a management command): at once
+        return
+    if _soon is not None and _soon.when() > loop.time() and not _soon.cancelled():
+        return  # one is due on this loop
+    _soon = loop.call_later(settings.SLUICE_AUDIT_WRITE_AHEAD_SECONDS, audit_wake)
 
 
 def record_refusal(audit: AuditEntry, status: int, code: str, message: str) -> None:

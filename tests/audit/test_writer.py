@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -7,10 +8,12 @@ from collections.abc import Sequence
 
 import pytest
 
+from audit import writer as audit_writer
 from audit.models import AuditRecord
 from audit.process import ProcessWrite
 from audit.records import AuditEntry
 from audit.writer import AuditWriter, audit_flush, audit_submit, audit_writer_stats
+from streaming.core.outcome import write_ahead
 from tests.audit.conftest import make_attempt, make_entry
 
 
@@ -143,6 +146,28 @@ def test_refused_requests_give_way_to_served_ones_in_a_filling_queue(writers) ->
     assert writer.flush()
     written = [request_id for call in write.calls for request_id in call]
     assert written == ["held", "refused-1", "served-1", "served-2", "served-3"]
+
+
+def test_a_write_ahead_is_written_within_its_own_short_delay(writers, monkeypatch) -> None:
+    """A request's record exists soon after it is accepted, not a writer's period
+    later: a gateway killed after SLUICE_AUDIT_WRITE_AHEAD_SECONDS has handed it over.
+    Here the writer's period is a minute: only the write-ahead's wake-up is quick."""
+    write = FlakyWrite()
+    writer = _writer(writers, write, batch_seconds=60)
+    monkeypatch.setattr(audit_writer, "_writer", writer)
+    writer.submit(make_entry("earlier"))  # an ordinary entry waits for the period
+
+    async def accept() -> bool:
+        write_ahead(make_entry("accepted"))
+        write_ahead(make_entry("accepted-too"))  # one wake-up for both
+        for _ in range(100):
+            if write.calls:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    assert asyncio.run(accept()), "the write-ahead waited for the writer's period"
+    assert write.calls == [["earlier", "accepted", "accepted-too"]]
 
 
 def test_a_failed_batch_is_retried(writers) -> None:
