@@ -6,28 +6,13 @@ This module holds the list of records; the record page is audit.admin_record.
 from __future__ import annotations
 
 from django.contrib import admin
-from django.db.models import Model
-from django.http import HttpRequest
 
 from audit.admin_changelist import AuditChangelistMixin
 from audit.admin_filters import CHOICE_FILTERS, StartedBetweenFilter
-from audit.admin_record import AuditRecordChangeView
+from audit.admin_record import AuditRecordChangeView, ReadOnlyAdminMixin
 from audit.admin_record import ms as _ms
 from audit.admin_record import utc_second as _second
 from audit.models import AuditRecord
-
-
-class ReadOnlyAdminMixin:
-    """Nobody adds, edits or deletes audit data, superusers included; viewing needs view."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
 
 
 @admin.register(AuditRecord)

@@ -60,7 +60,20 @@ def ms_between(start: datetime | None, end: datetime | None) -> str:
     return ms_text((end - start).total_seconds() * 1000 if start and end else None)
 
 
-class UpstreamAttemptInline(admin.TabularInline):
+class ReadOnlyAdminMixin:
+    """Nobody adds, edits or deletes audit data, superusers included; viewing needs view."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+class UpstreamAttemptInline(ReadOnlyAdminMixin, admin.TabularInline):
     """The fallback chain, in order, with its timings in ms from the request's start."""
 
     model = UpstreamAttempt
@@ -85,15 +98,6 @@ class UpstreamAttemptInline(admin.TabularInline):
         "error_message",
     )
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
 
     @admin.display(description="started (UTC)")
     def started(self, attempt: UpstreamAttempt) -> str:

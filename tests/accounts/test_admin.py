@@ -12,6 +12,7 @@ from django.urls import reverse
 from accounts.models import AppPolicy
 from accounts.services import app_create
 from streaming.models import ModelRoute
+from tests.accounts.forms import app_change_form
 
 pytestmark = pytest.mark.django_db
 
@@ -57,27 +58,13 @@ def test_saving_the_checkboxes_saves_the_policy(ops):
     app, _ = app_create(name="acme", scopes=["chat"])
     url = reverse("admin:oauth2_provider_application_change", args=[app.pk])
     policy = AppPolicy.objects.get(application=app)
-    form = {
-        "client_id": app.client_id,
-        "client_secret": "",
-        "client_type": app.client_type,
-        "authorization_grant_type": app.authorization_grant_type,
-        "name": app.name,
-        "algorithm": app.algorithm,
-        "redirect_uris": "",
-        "post_logout_redirect_uris": "",
-        "allowed_origins": "",
-        "policy-TOTAL_FORMS": "1",
-        "policy-INITIAL_FORMS": "1",
-        "policy-MIN_NUM_FORMS": "0",
-        "policy-MAX_NUM_FORMS": "1",
-        "policy-0-id": str(policy.pk),
-        "policy-0-application": str(app.pk),
-        "policy-0-enabled": "on",
-        "policy-0-scopes": ["chat", "admin"],
-        "policy-0-allowed_models": ["chat-small"],
-        "policy-0-max_tokens_mode": "clamp",
-    }
+    form = app_change_form(
+        app,
+        policy,
+        scopes=["chat", "admin"],
+        allowed_models=["chat-small"],
+        max_tokens_mode="clamp",
+    )
 
     response = ops.post(url, form)
 

@@ -26,6 +26,7 @@ from audit.redaction import (
 )
 from audit.services import audit_record_write
 from audit.verify import chain_verify
+from tests.accounts.forms import app_change_form
 from tests.audit.conftest import make_attempt, make_entry
 from tests.conftest import scripted_route, wait_for_audit
 
@@ -137,29 +138,15 @@ def test_admin_edits_patterns_one_per_line_and_shows_a_bad_one() -> None:
     app, _ = app_create(name="acme-red", scopes=["chat"])
     policy = AppPolicy.objects.get(application=app)
     url = reverse("admin:oauth2_provider_application_change", args=[app.pk])
-    form = {
-        "client_id": app.client_id,
-        "client_secret": "",
-        "client_type": app.client_type,
-        "authorization_grant_type": app.authorization_grant_type,
-        "name": app.name,
-        "algorithm": app.algorithm,
-        "redirect_uris": "",
-        "post_logout_redirect_uris": "",
-        "allowed_origins": "",
-        "policy-TOTAL_FORMS": "1",
-        "policy-INITIAL_FORMS": "1",
-        "policy-MIN_NUM_FORMS": "0",
-        "policy-MAX_NUM_FORMS": "1",
-        "policy-0-id": str(policy.pk),
-        "policy-0-application": str(app.pk),
-        "policy-0-enabled": "on",
-        "policy-0-scopes": ["chat"],
-        "policy-0-max_tokens_mode": "clamp",
-        "policy-0-redact_emails": "on",
-        "policy-0-audit_retention_days": "30",
-        "policy-0-redact_patterns": "ACME-\\d{6}\r\n\r\nsecret-\\w+\r\n",
-    }
+    form = app_change_form(
+        app,
+        policy,
+        scopes=["chat"],
+        max_tokens_mode="clamp",
+        redact_emails="on",
+        audit_retention_days="30",
+        redact_patterns="ACME-\\d{6}\r\n\r\nsecret-\\w+\r\n",
+    )
     assert ops.post(url, form).status_code == 302
     policy.refresh_from_db()
     assert policy.redact_patterns == [r"ACME-\d{6}", r"secret-\w+"]
